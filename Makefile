@@ -1,0 +1,47 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv and install the
+# pinned tree (requirements.lock) when it is missing or older than the lock.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tailcal-installed
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_DATA := $(abspath data/demo)
+
+.PHONY: install demo test lint format bench ui clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "tailcal needs Python 3.11: install it or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m flows.release_cycle --config $(DEMO_CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/gen_pool.py --n 80000 --workers 2
+
+# MLflow UI on :5000 and Prefect UI on :4200 for the demo's stores; Ctrl-C stops both.
+ui: install
+	@echo "MLflow UI  http://127.0.0.1:5000    Prefect UI  http://127.0.0.1:4200"
+	@trap 'kill 0' INT TERM; \
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO_DATA)/mlflow.db --host 127.0.0.1 --port 5000 & \
+	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
+	wait
+
+clean:
+	rm -rf data .prefect

@@ -1,0 +1,261 @@
+"""One validated configuration tree, loaded from YAML once at start.
+
+Secrets and endpoints never live in YAML: they come from the environment (`RuntimeEnv`),
+so a config file can be committed, logged to MLflow and passed to Prefect safely.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.errors import ConfigError
+
+SelectionStrategy = Literal["topk", "random", "stratified", "hard_tail_mix", "coverage"]
+RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
+
+# Keys people paste into YAML by habit; the error points them at the environment instead.
+_SECRET_LIKE_KEYS = {"api_key", "key", "virtual_key", "password", "secret", "token"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """Sizes and seed of the generated industrial-defect benchmark (the offline default data)."""
+
+    seed: int = 0
+    image_size: int = Field(192, ge=64, le=1024)
+    pool_size: int = Field(2000, ge=1)
+    eval_size: int = Field(500, ge=1)
+    train_size: int = Field(0, ge=0)
+    pool_image_mode: Literal["inline", "uri"] = "inline"
+    burst_probability: float = Field(0.25, ge=0.0, le=1.0)
+    max_burst: int = Field(5, ge=2, le=64)
+
+
+class DataConfig(_Strict):
+    """Where local data and per-run artefacts live; `synthetic` generates it when absent."""
+
+    data_dir: Path = Path("data/demo")
+    synthetic: SyntheticConfig | None = SyntheticConfig()
+
+
+class PoolConfig(_Strict):
+    """The candidate pool: Parquet at a local path or `s3://bucket/prefix/`."""
+
+    uri: str | None = Field(None, description="Defaults to <data_dir>/pool when unset.")
+    subset_size: int | None = Field(None, ge=1, description="Deterministic sample for dry runs.")
+    subset_seed: int = 0
+    sources: list[str] | None = None
+    captured_after: datetime | None = None
+    captured_before: datetime | None = None
+    fetch_concurrency: int = Field(16, ge=1, le=256)
+    batch_rows: int = Field(512, ge=1, le=65536)
+
+
+class ModelPrice(_Strict):
+    """A gateway model and its price in EUR per million tokens."""
+
+    name: str = Field(min_length=1)
+    input_eur_per_mtok: float = Field(ge=0.0)
+    output_eur_per_mtok: float = Field(ge=0.0)
+    max_output_tokens: int = Field(128, ge=16, le=4096)
+
+
+class GatewayConfig(_Strict):
+    """An OpenAI-compatible gateway URL, or `embedded` for the loopback reference scorer."""
+
+    url: str = "embedded"
+    models: list[ModelPrice] = Field(min_length=1)
+    key_env: str = Field("TAILCAL_GATEWAY_KEY", description="Env var holding the virtual key.")
+    timeout_s: float = Field(30.0, gt=0.0)
+    max_retries: int = Field(3, ge=0, le=10)
+    max_image_side: int = Field(512, ge=32, le=4096)
+    concurrency: int = Field(32, ge=1, le=1024)
+    rpm: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _url_is_http_or_embedded(self) -> GatewayConfig:
+        if self.url != "embedded" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be 'embedded' or start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class CacheConfig(_Strict):
+    """Near-duplicate score cache: a hit when pHash distance ≤ floor(64·(1−similarity))."""
+
+    similarity: float = Field(0.92, gt=0.5, le=1.0)
+    ttl_hours: float = Field(168.0, gt=0.0)
+
+
+class BudgetConfig(_Strict):
+    """EUR cap per virtual key, shared by every process that uses the key."""
+
+    cap_eur: float = Field(gt=0.0)
+    alert_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    on_exhausted: Literal["cached_only", "fallback_model"] = "cached_only"
+    fallback_model: str | None = None
+    webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _fallback_needs_model(self) -> BudgetConfig:
+        if self.on_exhausted == "fallback_model" and not self.fallback_model:
+            raise ValueError("on_exhausted is 'fallback_model' but fallback_model is not set: name a cheaper model")
+        return self
+
+
+class ScoringConfig(_Strict):
+    """VLM difficulty scoring: prompt template, passes and sharding."""
+
+    prompt: str = Field("difficulty-v1", pattern=r"^[a-z0-9_-]+-v\d+$")
+    passes: int = Field(2, ge=1, le=8)
+    base_seed: int = 0
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    shard_size: int = Field(512, ge=16, le=4096)
+
+
+class SelectionConfig(_Strict):
+    """How the calibration set is chosen from the scored pool."""
+
+    strategy: SelectionStrategy = "hard_tail_mix"
+    k: int = Field(512, ge=1)
+    seed: int = 0
+    hard_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class DetectorConfig(_Strict):
+    """The detector to quantize: architecture, classes and checkpoint."""
+
+    architecture: str = "fcos_compact"
+    num_classes: int = Field(4, ge=1)
+    input_size: int = Field(192, ge=32, le=2048)
+    checkpoint: str = "models/demo_detector.pt"
+
+
+class QuantizationConfig(_Strict):
+    """NNCF post-training quantization knobs."""
+
+    preset: Literal["performance", "mixed"] = "performance"
+    range_estimator: RangeEstimator = "MEAN_MINMAX"
+    accuracy_control: bool = False
+    max_drop: float = Field(0.01, gt=0.0, le=1.0)
+
+
+class EvaluationConfig(_Strict):
+    """Labelled evaluation split (COCO JSON + images); defaults to <data_dir>/eval."""
+
+    dataset_dir: Path | None = None
+    latency_iterations: int = Field(50, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow experiment; the tracking URI comes from MLFLOW_TRACKING_URI or the local default."""
+
+    experiment: str = Field("tailcal", min_length=1)
+
+
+class TailcalConfig(_Strict):
+    """The whole configuration of one tailcal run."""
+
+    data: DataConfig = DataConfig()
+    pool: PoolConfig = PoolConfig()
+    gateway: GatewayConfig
+    cache: CacheConfig = CacheConfig()
+    budget: BudgetConfig
+    scoring: ScoringConfig = ScoringConfig()
+    selection: SelectionConfig = SelectionConfig()
+    detector: DetectorConfig = DetectorConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.data.data_dir.resolve()
+
+    @property
+    def pool_uri(self) -> str:
+        return self.pool.uri or str(self.data_dir / "pool")
+
+    @property
+    def eval_dir(self) -> Path:
+        return (self.evaluation.dataset_dir or self.data_dir / "eval").resolve()
+
+
+class RuntimeEnv(BaseSettings):
+    """Secrets and endpoints, read from the environment only; unset means the embedded default."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: SecretStr | None = None
+    mlflow_tracking_uri: str | None = None
+    tailcal_s3_endpoint: str | None = None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TailcalConfig:
+    """Read, merge dotted `overrides` (e.g. {"selection.k": 64}) and validate a YAML config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: pass a path such as configs/demo.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, pool, gateway, …), got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return TailcalConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}={value!r}: {part} is not a section")
+    node[leaf] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1]))
+            hint = (
+                " Secrets come from the environment, never from config files."
+                if loc[-1].lower() in _SECRET_LIKE_KEYS
+                else ""
+            )
+            lines.append(f"  {key}: unknown key. Allowed here: {allowed}.{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required but missing.")
+        else:
+            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = TailcalConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nested is None:
+            return []
+        model = nested
+    return sorted(model.model_fields)

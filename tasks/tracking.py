@@ -1,0 +1,70 @@
+"""MLflow at the edge: the only module that talks to MLflow. Flows call it with a run id.
+
+The active MLflow run is thread-local, so flows start the run in their body and hand
+`run_id` to whatever logs; logging goes through `MlflowClient`, never the fluent API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunTag
+
+from tasks.config import TailcalConfig
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """Where a run lives, for logs, summaries and links."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+def config_params(config: TailcalConfig) -> dict[str, str]:
+    """The resolved config flattened to `section.key` params (configs hold no secrets)."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", config.model_dump(mode="json"))
+    return flat
+
+
+def start_run(
+    tracking_uri: str, experiment: str, artifact_root: str | None, run_name: str, tags: dict[str, str]
+) -> RunHandle:
+    """Create (or reuse) the experiment and open a run in it."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_root)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    return RunHandle(tracking_uri, experiment_id, run.info.run_id)
+
+
+def log_params(run: RunHandle, params: dict[str, str]) -> None:
+    """Log params in MLflow's batch size limit of 100."""
+    client = MlflowClient(run.tracking_uri)
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.run_id, params=items[start : start + 100])
+
+
+def set_tags(run: RunHandle, tags: dict[str, str]) -> None:
+    MlflowClient(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_artifact(run: RunHandle, path: str) -> None:
+    MlflowClient(run.tracking_uri).log_artifact(run.run_id, path)
+
+
+def finish_run(run: RunHandle, status: str = "FINISHED") -> None:
+    MlflowClient(run.tracking_uri).set_terminated(run.run_id, status)
