@@ -17,5 +17,21 @@ class EmptyPoolError(TailcalError):
     """The candidate pool holds no rows after filtering."""
 
 
+class PoolAccessError(TailcalError):
+    """The candidate pool's storage could not be listed or read (credentials, endpoint, permissions)."""
+
+
 class ServiceError(TailcalError):
     """An embedded or external service (Valkey/Redis, MLflow) could not be reached or started."""
+
+
+class BudgetExhausted(TailcalError):
+    """The virtual key's EUR cap leaves no room for another call."""
+
+
+class GatewayError(TailcalError):
+    """The gateway could not be used (bad URL, missing key, every model failing)."""
+
+
+class PromptTemplateError(TailcalError):
+    """A prompt template is missing, malformed, or was edited in place after use."""

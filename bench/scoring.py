@@ -1,0 +1,178 @@
+"""Scoring figures: throughput vs its bound, the cache-hit path, and the burst hit rate.
+
+    .venv/bin/python bench/scoring.py                # ≥ 5,000 candidates at 200 ms latency
+    .venv/bin/python bench/scoring.py --n 1000       # quicker look
+
+(a) throughput ÷ min(concurrency / latency, rpm limit), against the reference scorer in its
+    own process at 200 ms latency, cache-miss path (distinct images); the busiest 60 s
+    window of sends must not exceed the rpm limit.
+(b) cache-hit path: candidates/s through score_shard when every look-up hits (pHash
+    included), and ScoreCache.lookup p50/p99.
+(c) cache hit rate on a demo-like pool with production-line bursts, beside the ideal rate
+    (the share of frames that are not the first of their burst).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.pop("REDIS_URL", None)
+
+import numpy as np  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+
+from tasks.config import RuntimeEnv, SyntheticConfig, TailcalConfig  # noqa: E402
+from tasks.scoring.cache import phash64  # noqa: E402
+from tasks.scoring.passes import open_session, score_shard  # noqa: E402
+from tasks.scoring.prompts import load_template  # noqa: E402
+from tasks.scoring.ratelimit import RateLimiter  # noqa: E402
+from tasks.scoring.results import summarize  # noqa: E402
+from tasks.services import redis_service  # noqa: E402
+from tasks.synth.write import write_pool  # noqa: E402
+
+SHARD = 512
+
+
+@dataclass
+class Row:
+    id: str
+    image: bytes
+
+
+def load_rows(pool_dir: Path) -> list[Row]:
+    table = ds.dataset(pool_dir, format="parquet").to_table(columns=["id", "image"])
+    return [Row(i, b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True)]
+
+
+def config(concurrency: int, rpm: int | None, passes: int) -> TailcalConfig:
+    return TailcalConfig.model_validate(
+        {
+            "gateway": {
+                "url": "embedded",
+                "concurrency": concurrency,
+                "rpm": rpm,
+                "max_retries": 1,
+                "models": [{"name": "reference-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55}],
+            },
+            "budget": {"cap_eur": 100.0},
+            "scoring": {"passes": passes},
+        }
+    )
+
+
+class RecordingLimiter(RateLimiter):
+    """Records when each call was let through, to check the rpm limit from the outside."""
+
+    sends: list[float]
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        self.sends.append(time.monotonic())
+
+
+def start_scorer(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.scoring.reference_scorer", "--port", "0", "--latency", str(latency)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    return proc, line.strip().rsplit(" ", 1)[-1]
+
+
+def run_shards(session, rows: list[Row]) -> tuple[list, float]:
+    start = time.perf_counter()
+    records = []
+    for offset in range(0, len(rows), SHARD):
+        records += score_shard(session, rows[offset : offset + SHARD])
+    return records, time.perf_counter() - start
+
+
+def throughput(work: Path, rows: list[Row], api_base: str, concurrency: int, rpm: int | None, latency: float) -> None:
+    with redis_service(RuntimeEnv(), work / f"valkey-{concurrency}-{rpm}") as redis:
+        session = open_session(
+            config(concurrency, rpm, 1), redis.client, api_base, "bench", load_template("difficulty-v1")
+        )
+        limiter = RecordingLimiter(redis.client, "bench", rpm)
+        limiter.sends = []
+        session.limiter = limiter
+        records, wall = run_shards(session, rows)
+    paid = sum(r.status == "scored" for r in records)
+    bound = min(concurrency / latency, rpm / 60 if rpm else float("inf"))
+    sends = np.array(limiter.sends)
+    busiest = max(int(np.searchsorted(sends, t + 60) - i) for i, t in enumerate(sends)) if len(sends) else 0
+    print(
+        f"  concurrency {concurrency:3d}, rpm {rpm or '-':>5}: {paid} calls in {wall:.1f} s = {paid / wall:.1f}/s;"
+        f" bound {bound:.1f}/s; ratio {paid / wall / bound:.3f}"
+        + (f"; busiest 60 s window {busiest} sends (limit {rpm})" if rpm else "")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000, help="distinct candidates for (a) and (b)")
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tailcal-bench-") as tmp:
+        work = Path(tmp)
+        write_pool(SyntheticConfig(seed=21, burst_probability=0.0), work / "distinct", n=args.n, workers=2)
+        write_pool(SyntheticConfig(seed=22), work / "bursty", n=2000, workers=2)
+        distinct, bursty = load_rows(work / "distinct"), load_rows(work / "bursty")
+        proc, api_base = start_scorer(args.latency)
+        try:
+            print(
+                f"(a) throughput, cache-miss path, {len(distinct)} distinct candidates, latency {args.latency * 1000:.0f} ms"
+            )
+            throughput(work, distinct, api_base, concurrency=32, rpm=3000, latency=args.latency)
+            throughput(work, distinct, api_base, concurrency=8, rpm=None, latency=args.latency)
+
+            with redis_service(RuntimeEnv(), work / "valkey-hits") as redis:
+                session = open_session(
+                    config(32, None, 1), redis.client, api_base, "bench", load_template("difficulty-v1")
+                )
+                run_shards(session, distinct)  # fill the cache
+                records, wall = run_shards(session, distinct)
+                hits = sum(r.status == "cached" for r in records)
+                cache = session.caches[("reference-vlm", 0)]
+                hashes = [phash64(r.image) for r in distinct]
+                timings = []
+                for value in hashes:
+                    start = time.perf_counter()
+                    cache.lookup(value)
+                    timings.append(time.perf_counter() - start)
+            p50, p99 = np.percentile(np.array(timings) * 1000, [50, 99])
+            print(
+                f"(b) cache-hit path: {hits}/{len(records)} hits, {len(records) / wall:.0f} candidates/s"
+                f" (pHash + look-up; goal ≥ 500/s); look-up p50 {p50:.3f} ms, p99 {p99:.3f} ms (goal p99 < 2 ms)"
+                f" over {len(hashes)} entries"
+            )
+
+            with redis_service(RuntimeEnv(), work / "valkey-bursty") as redis:
+                session = open_session(
+                    config(32, None, 2), redis.client, api_base, "bench", load_template("difficulty-v1")
+                )
+                records, _ = run_shards(session, bursty)
+            summary = summarize(records, passes=2)
+            table = ds.dataset(work / "bursty", format="parquet").to_table(columns=["scene_id"])
+            ideal = 1 - len(set(table.column("scene_id").to_pylist())) / table.num_rows
+            print(
+                f"(c) burst pool, 2000 candidates × 2 passes: hit rate {summary.cache_hit_rate:.3f}"
+                f" (ideal {ideal:.3f}: frames that are not the first of their burst);"
+                f" {summary.calls} calls, €{summary.spend_eur:.4f}, Spearman(pass 0, pass 1) {summary.spearman:.3f}"
+            )
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Prometheus metrics for scoring, registered on a registry the caller owns.
+
+A litellm `CustomLogger` counts failed attempts, which is how the Router's retries
+become visible (it retries inside one `acompletion` call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litellm.integrations.custom_logger import CustomLogger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+@dataclass
+class ScoringMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    cache_lookups: Counter
+    spend_eur: Counter
+    latency: Histogram
+    attempt_failures: Counter
+    budget_spent_eur: Gauge
+    budget_alerts: Counter
+    budget_exhausted: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> ScoringMetrics:
+        registry = registry or CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "tailcal_scoring_requests",
+                "Scoring outcomes per candidate and pass",
+                ["model", "outcome"],
+                registry=registry,
+            ),
+            cache_lookups=Counter("tailcal_cache_lookups", "Score cache look-ups", ["result"], registry=registry),
+            spend_eur=Counter("tailcal_spend_eur", "Settled spend in EUR", ["ledger", "model"], registry=registry),
+            latency=Histogram(
+                "tailcal_gateway_latency_seconds",
+                "Gateway call latency incl. retries",
+                ["model"],
+                buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+                registry=registry,
+            ),
+            attempt_failures=Counter(
+                "tailcal_gateway_attempt_failures",
+                "Failed gateway attempts (each may be retried)",
+                ["model"],
+                registry=registry,
+            ),
+            budget_spent_eur=Gauge("tailcal_budget_spent_eur", "Ledger spend in EUR", ["ledger"], registry=registry),
+            budget_alerts=Counter("tailcal_budget_alerts", "Budget alerts fired", ["ledger"], registry=registry),
+            budget_exhausted=Gauge(
+                "tailcal_budget_exhausted", "1 when the cap stopped calls", ["ledger"], registry=registry
+            ),
+        )
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on 127.0.0.1:`port` for the duration of the process."""
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+
+class AttemptLogger(CustomLogger):
+    """Counts every failed attempt litellm makes, retries included."""
+
+    def __init__(self, metrics: ScoringMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        model = (kwargs.get("model") or "unknown").removeprefix("openai/")
+        self._metrics.attempt_failures.labels(model=model).inc()

@@ -1,0 +1,288 @@
+"""Score candidates, pass by pass: cache → budget → rate limit → gateway → settle → store.
+
+A shard of candidates is scored for every pass inside one event loop. Within a shard,
+near-duplicates are scored leaders-first: the first frame of each near-duplicate group is
+sent, the rest wait and then hit the cache, so a burst is paid once, not once per frame.
+Every candidate ends as `scored`, `cached`, `failed` (with the reason) or `unscored`
+(budget exhausted under `cached_only`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+import litellm
+import numpy as np
+import openai
+import redis
+
+from tasks.config import TailcalConfig
+from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
+from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
+from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image
+from tasks.scoring.metrics import AttemptLogger, ScoringMetrics
+from tasks.scoring.prompts import PromptTemplate, lock_template
+from tasks.scoring.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, then recorded
+RESERVE_WAIT_S = 0.05
+
+
+class ScorableCandidate(Protocol):
+    id: str
+    image: bytes
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One candidate in one pass."""
+
+    id: str
+    pass_index: int
+    status: str  # scored | cached | failed | unscored
+    difficulty: float | None
+    factors: tuple[str, ...] = ()
+    model: str | None = None
+    cost_eur: float = 0.0
+    latency_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class ScoringSession:
+    """Everything a shard needs; built once per process by `open_session`."""
+
+    config: TailcalConfig
+    template: PromptTemplate
+    gateway: GatewayClient
+    ledger: BudgetLedger
+    limiter: RateLimiter
+    caches: dict[tuple[str, int], ScoreCache]  # (model, pass) → cache namespace
+    metrics: ScoringMetrics
+    ledger_label: str
+    exhausted: bool = False
+    alerts: list[float] = field(default_factory=list)
+
+    def models_in_order(self) -> list[str]:
+        """Primary first; the budget fallback (if any) last."""
+        names = [m.name for m in self.config.gateway.models]
+        fallback = self.config.budget.fallback_model
+        return [n for n in names if n != fallback] + ([fallback] if fallback in names else [])
+
+
+def namespace(template: PromptTemplate, model: str, pass_index: int) -> str:
+    return f"{template.id}:{model}:p{pass_index}"
+
+
+def open_session(
+    config: TailcalConfig,
+    client: redis.Redis,
+    api_base: str,
+    api_key: str,
+    template: PromptTemplate,
+    metrics: ScoringMetrics | None = None,
+) -> ScoringSession:
+    """Wire cache namespaces, the budget ledger, the limiter and the gateway client."""
+    metrics = metrics or ScoringMetrics.create()
+    max_distance = max_distance_for(config.cache.similarity)
+    ttl_s = int(config.cache.ttl_hours * 3600)
+    caches = {
+        (m.name, p): ScoreCache(client, namespace(template, m.name, p), max_distance, ttl_s)
+        for m in config.gateway.models
+        for p in range(config.scoring.passes)
+    }
+    lock_template(client, template, "tailcal:cache")
+    gateway = GatewayClient(config.gateway, api_base, api_key, template)
+    litellm.callbacks = [cb for cb in litellm.callbacks if not isinstance(cb, AttemptLogger)]
+    litellm.callbacks.append(AttemptLogger(metrics))
+    ledger = BudgetLedger(client, api_key, config.budget.cap_eur, config.budget.alert_fraction)
+    label = ledger_id(api_key)
+    return ScoringSession(
+        config=config,
+        template=template,
+        gateway=gateway,
+        ledger=ledger,
+        limiter=RateLimiter(client, label, config.gateway.rpm),
+        caches=caches,
+        metrics=metrics,
+        ledger_label=label,
+    )
+
+
+def score_shard(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
+    """Score a shard for every pass (blocking; runs its own event loop)."""
+    return asyncio.run(score_shard_async(session, candidates))
+
+
+async def score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
+    hashes = [phash64(candidate.image) for candidate in candidates]
+    leaders, followers = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
+    semaphore = asyncio.Semaphore(session.config.gateway.concurrency)
+    prepared: dict[int, PreparedImage] = {}
+
+    async def call(index: int, pass_index: int) -> ScoreRecord:
+        if index not in prepared:  # only cache misses pay for the resize + base64 data URI
+            prepared[index] = prepare_image(candidates[index].image, session.config.gateway.max_image_side)
+        async with semaphore:
+            return await _call(session, candidates[index].id, hashes[index], prepared[index], pass_index)
+
+    records: list[ScoreRecord] = []
+    for pass_index in range(session.config.scoring.passes):
+        by_index: dict[int, ScoreRecord] = {}
+        for group in (leaders, followers):
+            misses = []
+            for index, hit in zip(group, _lookup(session, [hashes[i] for i in group], pass_index), strict=True):
+                if hit is None:
+                    misses.append(index)
+                else:
+                    by_index[index] = ScoreRecord(
+                        candidates[index].id, pass_index, "cached", hit.difficulty, hit.factors, hit.model
+                    )
+            results = await asyncio.gather(*(call(i, pass_index) for i in misses))
+            by_index.update(zip(misses, results, strict=True))
+        records.extend(by_index[i] for i in range(len(candidates)))
+    return records
+
+
+def _lookup(session: ScoringSession, hashes: list[int], pass_index: int) -> list[CachedScore | None]:
+    """Batch look-up, primary model's namespace first, then the fallback's."""
+    found: list[CachedScore | None] = [None] * len(hashes)
+    for model in session.models_in_order():
+        open_slots = [i for i, hit in enumerate(found) if hit is None]
+        if not open_slots:
+            break
+        for slot, hit in zip(
+            open_slots, session.caches[(model, pass_index)].lookup_many([hashes[i] for i in open_slots]), strict=True
+        ):
+            found[slot] = hit
+    hits = sum(hit is not None for hit in found)
+    session.metrics.cache_lookups.labels(result="hit").inc(hits)
+    session.metrics.cache_lookups.labels(result="miss").inc(len(found) - hits)
+    for hit in found:
+        if hit is not None:
+            session.metrics.requests.labels(model=hit.model, outcome="cached").inc()
+    return found
+
+
+def _leaders_first(hashes: list[int], max_distance: int) -> tuple[list[int], list[int]]:
+    """Split indices into near-duplicate group leaders and the rest (greedy, in order)."""
+    leaders: list[int] = []
+    leader_hashes = np.empty(len(hashes), dtype=np.uint64)
+    followers: list[int] = []
+    for index, value in enumerate(hashes):
+        if leaders and int(np.bitwise_count(leader_hashes[: len(leaders)] ^ np.uint64(value)).min()) <= max_distance:
+            followers.append(index)
+        else:
+            leader_hashes[len(leaders)] = value
+            leaders.append(index)
+    return leaders, followers
+
+
+async def _call(
+    session: ScoringSession, candidate_id: str, phash: int, image: PreparedImage, pass_index: int
+) -> ScoreRecord:
+    """A cache miss: reserve, call, settle, store. Redis calls here are sub-millisecond on
+    loopback, so they run inline rather than paying a thread hop each."""
+    reason = ""
+    models = session.models_in_order()
+    model_index = 0
+    attempts = 0
+    while attempts < REPLY_ATTEMPTS:
+        model = models[model_index]
+        worst = session.gateway.worst_case_cost(model, image)
+        reservation = await _reserve(session, worst)
+        if reservation is Reservation.EXHAUSTED:
+            if session.config.budget.on_exhausted == "fallback_model" and model_index + 1 < len(models):
+                model_index += 1  # the cheaper model may still fit what is left
+                continue
+            session.exhausted = True
+            session.metrics.budget_exhausted.labels(ledger=session.ledger_label).set(1)
+            session.metrics.requests.labels(model=model, outcome="unscored").inc()
+            return ScoreRecord(candidate_id, pass_index, "unscored", None, reason="budget exhausted")
+        attempts += 1
+        await session.limiter.acquire()
+        seed = session.config.scoring.base_seed + pass_index
+        try:
+            reply = await session.gateway.score(image, model, seed, session.config.scoring.temperature)
+        except PaidReplyError as exc:
+            await _settle(session, worst, exc.cost_eur, exc.model)
+            reason = f"invalid reply: {exc}"
+            log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, attempts)
+            continue
+        except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
+            await _settle(session, worst, 0.0, model)
+            session.metrics.requests.labels(model=model, outcome="failed").inc()
+            return ScoreRecord(candidate_id, pass_index, "failed", None, model=model, reason=_describe(exc))
+        await _settle(session, worst, reply.cost_eur, reply.model)
+        session.metrics.latency.labels(model=reply.model).observe(reply.latency_s)
+        session.caches[(reply.model, pass_index)].store(phash, reply.difficulty, reply.factors, reply.model)
+        session.metrics.requests.labels(model=reply.model, outcome="scored").inc()
+        return ScoreRecord(
+            candidate_id,
+            pass_index,
+            "scored",
+            reply.difficulty,
+            reply.factors,
+            reply.model,
+            reply.cost_eur,
+            reply.latency_s,
+        )
+    session.metrics.requests.labels(model=models[model_index], outcome="failed").inc()
+    return ScoreRecord(candidate_id, pass_index, "failed", None, model=models[model_index], reason=reason)
+
+
+async def _reserve(session: ScoringSession, worst_eur: float) -> Reservation:
+    """Reserve, waiting while only in-flight reservations (not settled spend) block the call."""
+    while True:
+        reservation = session.ledger.reserve(worst_eur)
+        if reservation is not Reservation.WAIT:
+            return reservation
+        await asyncio.sleep(RESERVE_WAIT_S)
+
+
+async def _settle(session: ScoringSession, reserved_eur: float, actual_eur: float, model: str) -> None:
+    if actual_eur > reserved_eur:
+        log.warning("call cost €%.6f exceeded its reservation €%.6f (model %s)", actual_eur, reserved_eur, model)
+    settlement = session.ledger.settle(reserved_eur, actual_eur)
+    session.metrics.spend_eur.labels(ledger=session.ledger_label, model=model).inc(actual_eur)
+    session.metrics.budget_spent_eur.labels(ledger=session.ledger_label).set(settlement.spent_eur)
+    if settlement.alert_fired:
+        session.metrics.budget_alerts.labels(ledger=session.ledger_label).inc()
+        session.alerts.append(settlement.spent_eur)
+        log.warning(
+            "budget alert: €%.4f spent of €%.2f cap (threshold %.0f%%) for ledger %s",
+            settlement.spent_eur,
+            session.config.budget.cap_eur,
+            100 * session.config.budget.alert_fraction,
+            session.ledger_label,
+        )
+        if session.config.budget.webhook_url:
+            await _post_alert(session, settlement.spent_eur)
+
+
+async def _post_alert(session: ScoringSession, spent_eur: float) -> None:
+    payload = {
+        "event": "tailcal.budget_alert",
+        "ledger": session.ledger_label,
+        "spent_eur": spent_eur,
+        "cap_eur": session.config.budget.cap_eur,
+    }
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.post(session.config.budget.webhook_url, json=payload)
+    except httpx.HTTPError as exc:
+        log.warning("budget alert webhook failed (%s); the alert is still logged and counted", exc)
+
+
+def _describe(exc: Exception) -> str:
+    """A failure reason without request payloads or keys."""
+    status = getattr(exc, "status_code", None)
+    kind = type(exc).__name__
+    return f"{kind} (HTTP {status})" if status else kind

@@ -1,0 +1,263 @@
+"""The reference scorer: an OpenAI-compatible `/v1/chat/completions` server on loopback.
+
+It is a stand-in, NOT a vision-language model. It computes a difficulty from image
+statistics (exposure, contrast, blur, noise, clutter), adds seeded noise scaled by
+`temperature` to mimic a VLM's stochasticity, and answers in the JSON schema the prompt
+asks for, with realistic `usage` token counts. It lets the embedded default and the tests
+exercise the real gateway path (litellm over HTTP) offline, including faults: 429 with
+Retry-After, 500, hangs past the client timeout, malformed JSON, prose and out-of-range
+scores, each at a configured rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import math
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+IMAGE_TILE = 512  # OpenAI-style vision accounting: 85 base tokens + 170 per 512-px tile
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Fraction of requests answered with each fault (drawn independently per request)."""
+
+    rate_limit: float = 0.0
+    server_error: float = 0.0
+    hang: float = 0.0
+    malformed_json: float = 0.0
+    prose: float = 0.0
+    out_of_range: float = 0.0
+    retry_after_s: int = 1
+    hang_s: float = 30.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    latency_s: float = 0.0
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+
+@dataclass(frozen=True)
+class ImageAssessment:
+    difficulty: float
+    factors: tuple[str, ...]
+
+
+def assess_image(image: Image.Image) -> ImageAssessment:
+    """Difficulty in [0, 1] from image statistics, plus the factors that drove it."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    mean, std = float(gray.mean()), float(gray.std())
+    gx, gy = np.abs(np.diff(gray, axis=1)).mean(), np.abs(np.diff(gray, axis=0)).mean()
+    # Immerkær's fast noise estimate: the 3×3 second-difference mask ignores smooth structure.
+    mask = gray[:-2, :-2] - 2 * gray[:-2, 1:-1] + gray[:-2, 2:] - 2 * gray[1:-1, :-2] + 4 * gray[1:-1, 1:-1]
+    mask = mask - 2 * gray[1:-1, 2:] + gray[2:, :-2] - 2 * gray[2:, 1:-1] + gray[2:, 2:]
+    noise_sigma = float(np.sqrt(np.pi / 2) * np.abs(mask).mean() / 6)
+    edges = float((np.abs(mask) > 0.25).mean())
+    # Thresholds were set from the synthetic benchmark's per-condition statistics.
+    factors = {
+        "low_light": np.clip((0.13 - mean) / 0.08, 0, 1),
+        "overexposure": np.clip((float((gray > 0.97).mean()) - 0.05) / 0.3, 0, 1),
+        "low_contrast": np.clip((0.055 - std) / 0.035, 0, 1),
+        "motion_blur": 0.8 * np.clip((max(gx, gy) / max(min(gx, gy), 1e-4) - 2.5) / 3.0, 0, 1),
+        "sensor_noise": np.clip((noise_sigma - 0.025) / 0.05, 0, 1),
+        "clutter": 0.6 * np.clip((edges - 0.02) / 0.2, 0, 1),
+    }
+    values = np.array(list(factors.values()), dtype=np.float64)
+    difficulty = float(np.clip(0.12 + 0.68 * values.max() + 0.2 * values.mean(), 0.0, 1.0))
+    named = tuple(name for name, value in factors.items() if value > 0.3)
+    return ImageAssessment(difficulty, named)
+
+
+def _image_from_messages(messages: list[dict]) -> tuple[bytes, str]:
+    text_parts, image_bytes = [], b""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            text_parts.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                text_parts.append(part.get("text", ""))
+            elif part.get("type") == "image_url":
+                url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else part["image_url"]
+                image_bytes = base64.b64decode(url.split(",", 1)[1])
+    return image_bytes, "\n".join(text_parts)
+
+
+def _completion(model: str, content: str, prompt_tokens: int) -> dict:
+    completion_tokens = max(1, math.ceil(len(content) / 4))
+    return {
+        "id": f"chatcmpl-ref-{time.time_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}},
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]]) -> FastAPI:
+    """The ASGI app. `stats` counts requests by outcome; `answered` lists (image sha256[:16],
+    seed) for every completion returned, i.e. every call a real provider would bill."""
+    app = FastAPI(title="tailcal reference scorer (not a VLM)")
+    faults = settings.faults
+    draw = random.Random(faults.seed)
+    lock = threading.Lock()
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "reference-vlm", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        with lock:
+            stats["requests"] += 1
+            roll = draw.random()
+        if settings.latency_s:
+            await asyncio.sleep(settings.latency_s)
+        edges = np.cumsum(
+            [
+                faults.rate_limit,
+                faults.server_error,
+                faults.hang,
+                faults.malformed_json,
+                faults.prose,
+                faults.out_of_range,
+            ]
+        )
+        outcome = ["rate_limit", "server_error", "hang", "malformed_json", "prose", "out_of_range", "ok"][
+            int(np.searchsorted(edges, roll, side="right"))
+        ]
+        if outcome == "rate_limit":
+            stats["rate_limit"] += 1
+            return JSONResponse(
+                {"error": {"message": "rate limited (injected)", "type": "rate_limit_error", "code": "429"}},
+                status_code=429,
+                headers={"Retry-After": str(faults.retry_after_s)},
+            )
+        if outcome == "server_error":
+            stats["server_error"] += 1
+            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
+        if outcome == "hang":
+            stats["hang"] += 1
+            await asyncio.sleep(faults.hang_s)
+
+        image_bytes, text = _image_from_messages(body.get("messages", []))
+        try:
+            image = Image.open(io.BytesIO(image_bytes))
+            image.load()
+        except Exception as exc:  # any undecodable payload is the client's error, as a provider would say
+            stats["bad_request"] += 1
+            message = f"could not decode image: {exc.__class__.__name__}"
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
+        assessment = assess_image(image)
+        seed = body.get("seed") or 0
+        temperature = float(body.get("temperature") if body.get("temperature") is not None else 1.0)
+        digest = hashlib.sha256(image_bytes).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big") ^ (int(seed) * 0x9E3779B97F4A7C15 & (2**64 - 1)))
+        difficulty = min(1.0, max(0.0, assessment.difficulty + rng.gauss(0.0, 0.06 * temperature)))
+        content = json.dumps({"difficulty": round(difficulty, 4), "factors": list(assessment.factors)})
+        if outcome == "malformed_json":
+            content = content[: len(content) // 2]
+        elif outcome == "prose":
+            content = f"This frame looks moderately hard; I would rate it about {difficulty:.2f}."
+        elif outcome == "out_of_range":
+            content = json.dumps({"difficulty": 1.0 + rng.random(), "factors": []})
+        stats[outcome] += 1
+        with lock:
+            answered.append((digest.hex()[:16], int(seed)))
+        tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
+        prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
+        return _completion(body.get("model", "reference-vlm"), content, prompt_tokens)
+
+    return app
+
+
+class ReferenceScorer:
+    """Runs the scorer in a background thread on 127.0.0.1 (an ephemeral port by default)."""
+
+    def __init__(self, settings: ScorerSettings | None = None, port: int = 0) -> None:
+        self.settings = settings or ScorerSettings()
+        self.stats: Counter = Counter()
+        self.answered: list[tuple[str, int]] = []
+        config = uvicorn.Config(
+            create_app(self.settings, self.stats, self.answered),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=30,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="reference-scorer", daemon=True)
+
+    def __enter__(self) -> ReferenceScorer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the reference scorer did not start on 127.0.0.1")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the reference scorer standalone: `python -m tasks.scoring.reference_scorer --port 8808`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="tailcal reference scorer (a stand-in, not a VLM)")
+    parser.add_argument("--port", type=int, default=8808, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    args = parser.parse_args(argv)
+    server = ReferenceScorer(ScorerSettings(latency_s=args.latency), port=args.port)
+    server.start()
+    print(f"reference scorer listening on {server.base_url}", flush=True)
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

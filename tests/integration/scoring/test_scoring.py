@@ -1,0 +1,272 @@
+"""Scoring through the reference scorer over HTTP with a real Valkey/Redis ledger and cache."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+from tasks.scoring.budget import NANO, to_nano
+from tasks.scoring.cache import phash64
+from tasks.scoring.passes import namespace, open_session, score_shard
+from tasks.scoring.prompts import load_template
+from tasks.scoring.reference_scorer import FaultPlan, ScorerSettings
+from tests.integration.scoring.conftest import scoring_config, start_scorer
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Row:
+    id: str
+    image: bytes
+
+
+def rows(pool_dir: Path, start: int = 0, count: int = 40) -> list[Row]:
+    table = ds.dataset(pool_dir, format="parquet").to_table(columns=["id", "image"]).slice(start, count)
+    return [Row(i, b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True)]
+
+
+def session_for(config, redis_client, scorer, key="test-key"):
+    return open_session(config, redis_client, scorer.base_url, key, load_template(config.scoring.prompt))
+
+
+def test_two_passes_score_every_candidate_and_bursts_are_paid_once(redis_client, scorer, pool_dir):
+    config = scoring_config(scoring={"passes": 2})
+    candidates = rows(pool_dir, 0, 60)
+    records = score_shard(session_for(config, redis_client, scorer), candidates)
+    statuses = Counter(r.status for r in records)
+    assert len(records) == 120 and set(statuses) <= {"scored", "cached"}, f"every candidate × pass: {statuses}"
+    assert statuses["cached"] > 0, "burst frames hit the cache instead of being paid"
+    assert scorer.stats["ok"] == statuses["scored"], "each paid call is one scored record"
+    seeds = {seed for _, seed in scorer.answered}
+    assert seeds == {0, 1}, f"the passes use distinct seeds: {seeds}"
+
+    again = score_shard(session_for(config, redis_client, scorer), candidates)
+    assert all(r.status == "cached" for r in again), "a rerun is served entirely by the cache"
+    assert scorer.stats["ok"] == statuses["scored"], "a rerun pays nothing"
+
+
+def _run_workers(config_path, pool_dir, redis_url, api_base, slices, out_dir):
+    env = {**os.environ, "REDIS_URL": redis_url, "TAILCAL_TEST_API_BASE": api_base, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.scoring.worker",
+                str(config_path),
+                str(pool_dir),
+                str(start),
+                str(count),
+                str(out_dir / f"w{n}.json"),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n, (start, count) in enumerate(slices)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"worker failed: {err.decode()[-2000:]}"
+    return [r for n in range(len(slices)) for r in json.loads((out_dir / f"w{n}.json").read_text())]
+
+
+def test_budget_is_never_exceeded_by_64_concurrent_callers_in_two_processes(
+    redis_url, redis_client, pool_dir, tmp_path
+):
+    cap = 0.0015  # room for roughly a third of the 64 calls at ~€0.00006 each, worst case €0.00015
+    config = {
+        "gateway": {
+            "url": "embedded",
+            "concurrency": 32,
+            "max_retries": 0,
+            "models": [{"name": "reference-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55}],
+        },
+        "budget": {"cap_eur": cap, "on_exhausted": "cached_only"},
+        "scoring": {"passes": 1},
+    }
+    config_path = tmp_path / "race.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    server = start_scorer(ScorerSettings(latency_s=0.2))
+    try:
+        records = _run_workers(config_path, pool_dir, redis_url, server.base_url, [(0, 100), (100, 100)], tmp_path)
+    finally:
+        server.stop()
+    ledger = redis_client.hgetall(next(redis_client.scan_iter(match="tailcal:budget:*")))
+    spent_nano = int(ledger[b"spent"])
+    paid = [r for r in records if r["status"] == "scored"]
+    statuses = Counter(r["status"] for r in records)
+    assert spent_nano <= to_nano(cap), f"spend €{spent_nano / NANO} exceeded the cap €{cap}"
+    assert statuses["unscored"] > 0, f"the cap must bind in this test: {statuses}"
+    assert spent_nano == sum(to_nano(r["cost_eur"]) for r in paid), "ledger equals the sum of settled costs"
+    assert int(ledger[b"calls"]) == len(paid) == server.stats["ok"], "every answered call is booked exactly once"
+    assert int(ledger[b"reserved"]) == 0, "no reservation is left hanging"
+
+
+class _Hook(BaseHTTPRequestHandler):
+    posts: ClassVar[list] = []
+
+    def do_POST(self):
+        self.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alert_fires_once_with_webhook_and_metric(redis_client, scorer, pool_dir):
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    _Hook.posts = []
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/alert"
+        config = scoring_config(budget={"cap_eur": 0.01, "alert_fraction": 0.05, "webhook_url": url})
+        session = session_for(config, redis_client, scorer)
+        score_shard(session, rows(pool_dir, 0, 60))
+        score_shard(session, rows(pool_dir, 60, 60))
+    finally:
+        hook.shutdown()
+    assert len(session.alerts) == 1, f"the alert fires exactly once: {session.alerts}"
+    assert len(_Hook.posts) == 1 and _Hook.posts[0]["event"] == "tailcal.budget_alert", f"one webhook: {_Hook.posts}"
+    assert (
+        session.metrics.registry.get_sample_value("tailcal_budget_alerts_total", {"ledger": session.ledger_label}) == 1
+    ), "the alert is counted once"
+    assert "test-key" not in json.dumps(_Hook.posts), "the webhook never carries the virtual key"
+
+
+def test_cached_only_stops_every_call_at_the_cap(redis_client, scorer, pool_dir):
+    config = scoring_config(budget={"cap_eur": 0.00001, "on_exhausted": "cached_only"})
+    records = score_shard(session_for(config, redis_client, scorer), rows(pool_dir, 0, 20))
+    assert all(r.status == "unscored" and r.reason == "budget exhausted" for r in records), "all reported unscored"
+    assert scorer.stats["requests"] == 0, "no call leaves the process at the cap"
+
+
+def test_fallback_model_takes_over_when_the_primary_no_longer_fits(redis_client, scorer, pool_dir):
+    config = scoring_config(
+        gateway={
+            "models": [
+                {"name": "big-vlm", "input_eur_per_mtok": 5.0, "output_eur_per_mtok": 15.0},
+                {"name": "small-vlm", "input_eur_per_mtok": 0.05, "output_eur_per_mtok": 0.2},
+            ],
+            "concurrency": 4,
+        },
+        budget={"cap_eur": 0.01, "on_exhausted": "fallback_model", "fallback_model": "small-vlm"},
+    )
+    session = session_for(config, redis_client, scorer)
+    records = score_shard(session, rows(pool_dir, 0, 80))
+    models = Counter(r.model for r in records if r.status == "scored")
+    assert models["big-vlm"] > 0 and models["small-vlm"] > 0, f"primary first, then the fallback: {models}"
+    assert session.ledger.state().spent_eur <= 0.01, "the fallback stays within the same cap"
+
+
+FAULTS = {
+    "rate_limit": (FaultPlan(rate_limit=0.25, retry_after_s=0, seed=1), {"scored"}, ""),
+    "server_error": (FaultPlan(server_error=1.0), {"failed"}, "InternalServerError"),
+    "hang": (FaultPlan(hang=1.0, hang_s=3.0), {"failed"}, "Timeout"),
+    "malformed_json": (FaultPlan(malformed_json=1.0), {"failed"}, "invalid reply: not JSON"),
+    "prose": (FaultPlan(prose=1.0), {"failed"}, "invalid reply: not JSON"),
+    "out_of_range": (FaultPlan(out_of_range=1.0), {"failed"}, "out of range"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_class_ends_as_a_score_or_a_recorded_failure(fault, redis_client, pool_dir):
+    plan, statuses, reason = FAULTS[fault]
+    config = scoring_config(gateway={"max_retries": 4 if fault == "rate_limit" else 1, "timeout_s": 1.0})
+    server = start_scorer(ScorerSettings(faults=plan))
+    try:
+        records = score_shard(session_for(config, redis_client, server), rows(pool_dir, 0, 8))
+    finally:
+        server.stop()
+    assert {r.status for r in records} == statuses, f"{fault}: {Counter(r.status for r in records)}"
+    assert all(reason in r.reason for r in records if r.status == "failed"), f"{fault}: {[r.reason for r in records]}"
+    if fault == "rate_limit":
+        assert server.stats["rate_limit"] > 0, "429s were injected and retried through"
+    if fault in {"malformed_json", "prose", "out_of_range"}:
+        assert server.stats["requests"] == 2 * len(records), "an invalid reply is asked once more, then recorded"
+
+
+def test_mixed_faults_account_for_every_candidate_within_budget(redis_client, pool_dir):
+    plan = FaultPlan(
+        rate_limit=0.05,
+        server_error=0.05,
+        hang=0.02,
+        malformed_json=0.04,
+        prose=0.04,
+        hang_s=2,
+        retry_after_s=0,
+        seed=3,
+    )
+    config = scoring_config(gateway={"max_retries": 2, "timeout_s": 1.0}, budget={"cap_eur": 0.05})
+    server = start_scorer(ScorerSettings(faults=plan))
+    try:
+        session = session_for(config, redis_client, server)
+        records = score_shard(session, rows(pool_dir, 0, 60))
+    finally:
+        server.stop()
+    assert len({r.id for r in records}) == 60, "every candidate has a record"
+    assert all(r.status in {"scored", "cached"} or (r.status == "failed" and r.reason) for r in records), (
+        "each is scored, or failed with a reason"
+    )
+    assert session.ledger.state().spent_eur <= 0.05, "spend stays within the cap"
+    paid_cost = sum(to_nano(r.cost_eur) for r in records)
+    assert to_nano(session.ledger.state().spent_eur) >= paid_cost, "paid invalid replies are booked too"
+
+
+def test_rerun_after_kill_9_pays_nothing_for_already_scored_candidates(redis_url, redis_client, pool_dir, tmp_path):
+    config = {
+        "gateway": {
+            "url": "embedded",
+            "concurrency": 4,
+            "max_retries": 0,
+            "models": [{"name": "reference-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55}],
+        },
+        "budget": {"cap_eur": 5.0},
+        "scoring": {"passes": 1},
+    }
+    config_path = tmp_path / "crash.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    candidates = rows(pool_dir, 0, 80)
+    server = start_scorer(ScorerSettings(latency_s=0.2))
+    env = {**os.environ, "REDIS_URL": redis_url, "TAILCAL_TEST_API_BASE": server.base_url, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "tests.integration.scoring.worker", str(config_path), str(pool_dir), "0", "80"]
+    try:
+        victim = subprocess.Popen([*args, str(tmp_path / "killed.json")], env=env, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while server.stats["ok"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert server.stats["ok"] >= 12, "the worker was killed mid-scoring"
+
+        cache = session_for(scoring_config(), redis_client, server).caches[("reference-vlm", 0)]
+        scored_before = {
+            hashlib.sha256(c.image).hexdigest()[:16] for c in candidates if cache.lookup(phash64(c.image)) is not None
+        }
+        calls_before = len(server.answered)
+        rerun = subprocess.run([*args, str(tmp_path / "rerun.json")], env=env, cwd=ROOT, timeout=240)
+        assert rerun.returncode == 0, "the rerun completes"
+    finally:
+        server.stop()
+    repaid = {digest for digest, _ in server.answered[calls_before:]} & scored_before
+    assert scored_before, "some candidates were scored before the kill"
+    assert not repaid, f"{len(repaid)} already-scored candidates were paid again"
+    final = json.loads((tmp_path / "rerun.json").read_text())
+    assert {r["status"] for r in final} <= {"scored", "cached"} and len(final) == 80, "the rerun finishes the shard"
+    assert namespace(load_template("difficulty-v1"), "reference-vlm", 0) in cache.namespace_prefix, "namespace layout"
