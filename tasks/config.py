@@ -58,6 +58,14 @@ class PoolConfig(_Strict):
     captured_before: datetime | None = None
     fetch_concurrency: int = Field(16, ge=1, le=256)
     batch_rows: int = Field(512, ge=1, le=65536)
+    fetch_retries: int = Field(3, ge=0, le=10, description="Retries per image on transient read errors.")
+    max_image_bytes: int = Field(64 * 2**20, ge=1, description="Larger image objects are skipped, never read whole.")
+    max_image_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="Images whose header claims more pixels are skipped (decompression bombs); "
+        "Pillow's own limit (~179 MP) applies above this.",
+    )
 
 
 class ModelPrice(_Strict):
