@@ -127,12 +127,19 @@ class GatewayClient:
         )
 
     def worst_case_cost(self, model: str, image: PreparedImage) -> float:
-        """Upper bound on one call's cost, reserved before sending."""
-        price = self._prices[model]
+        """Upper bound on one call's cost, reserved before sending.
+
+        A call to the primary may be served by any model of its fallback chain, so its bound
+        is the most expensive of them.
+        """
+        chain = self._config.models if model == self._config.models[0].name else [self._prices[model]]
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
         text_tokens = math.ceil((len(self._template.system) + len(self._template.user)) / 3)
         input_tokens = INPUT_SAFETY * (text_tokens + 85 + 170 * tiles)
-        return (input_tokens * price.input_eur_per_mtok + price.max_output_tokens * price.output_eur_per_mtok) / 1e6
+        return max(
+            (input_tokens * price.input_eur_per_mtok + price.max_output_tokens * price.output_eur_per_mtok) / 1e6
+            for price in chain
+        )
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         price = self._prices[model]

@@ -45,6 +45,7 @@ class FaultPlan:
     retry_after_s: int = 1
     hang_s: float = 30.0
     seed: int = 0
+    failing_models: tuple[str, ...] = ()  # always answer 500, to exercise provider fallback
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,9 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
             roll = draw.random()
         if settings.latency_s:
             await asyncio.sleep(settings.latency_s)
+        if body.get("model") in faults.failing_models:
+            stats["model_down"] += 1
+            return JSONResponse({"error": {"message": "model unavailable (injected)"}}, status_code=500)
         edges = np.cumsum(
             [
                 faults.rate_limit,

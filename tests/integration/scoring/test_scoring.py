@@ -175,6 +175,30 @@ def test_fallback_model_takes_over_when_the_primary_no_longer_fits(redis_client,
     assert session.ledger.state().spent_eur <= 0.01, "the fallback stays within the same cap"
 
 
+def test_provider_fallback_serves_when_the_primary_model_is_down(redis_client, pool_dir):
+    config = scoring_config(
+        gateway={
+            "models": [
+                {"name": "primary-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55},
+                {"name": "backup-vlm", "input_eur_per_mtok": 0.3, "output_eur_per_mtok": 1.2},
+            ],
+            "max_retries": 1,
+        },
+    )
+    server = start_scorer(ScorerSettings(faults=FaultPlan(failing_models=("primary-vlm",))))
+    try:
+        session = session_for(config, redis_client, server)
+        records = score_shard(session, rows(pool_dir, 0, 10))
+    finally:
+        server.stop()
+    assert {r.status for r in records} <= {"scored", "cached"}, f"all scored: {Counter(r.status for r in records)}"
+    assert {r.model for r in records if r.status == "scored"} == {"backup-vlm"}, "the backup served every call"
+    assert server.stats["model_down"] > 0, "the primary was tried first"
+    backup_cost = session.gateway.cost("backup-vlm", 300, 40)
+    assert all(r.cost_eur <= backup_cost for r in records), "cost is booked at the serving model's price"
+    assert session.ledger.state().reserved_eur == 0, "reservations covered the pricier fallback and were released"
+
+
 FAULTS = {
     "rate_limit": (FaultPlan(rate_limit=0.25, retry_after_s=0, seed=1), {"scored"}, ""),
     "server_error": (FaultPlan(server_error=1.0), {"failed"}, "InternalServerError"),
