@@ -134,8 +134,14 @@ class SelectionConfig(_Strict):
 
     strategy: SelectionStrategy = "hard_tail_mix"
     k: int = Field(512, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="numpy seeds are non-negative.")
     hard_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    coverage_tail_quantile: float = Field(
+        0.001,
+        ge=0.0,
+        lt=0.5,
+        description="coverage targets each layer's [q, 1−q] quantile range of per-image min/max; 0 = full range.",
+    )
 
 
 class DetectorConfig(_Strict):

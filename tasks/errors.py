@@ -35,3 +35,7 @@ class GatewayError(TailcalError):
 
 class PromptTemplateError(TailcalError):
     """A prompt template is missing, malformed, or was edited in place after use."""
+
+
+class SelectionError(TailcalError):
+    """A calibration set cannot be selected as asked (K out of range, too few eligible candidates)."""
