@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from tasks.config import RuntimeEnv
+from tasks.config import GatewayConfig, RuntimeEnv
 from tasks.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,19 @@ def redis_service(env: RuntimeEnv, data_dir: Path) -> Iterator[RedisService]:
     finally:
         client.close()
         server.stop()
+
+
+@contextmanager
+def gateway_endpoint(gateway: GatewayConfig) -> Iterator[str]:
+    """The gateway's OpenAI-compatible base URL; `embedded` starts the reference scorer on loopback."""
+    if gateway.url != "embedded":
+        yield gateway.url.rstrip("/")
+        return
+    from tasks.scoring.reference_scorer import ReferenceScorer
+
+    with ReferenceScorer() as scorer:
+        log.info("started the reference scorer (a stand-in, not a VLM) at %s", scorer.base_url)
+        yield scorer.base_url
 
 
 def mlflow_tracking_uri(env: RuntimeEnv, data_dir: Path) -> str:

@@ -6,11 +6,14 @@ The active MLflow run is thread-local, so flows start the run in their body and 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import mlflow.data
+import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
 from tasks.config import TailcalConfig
 
@@ -62,8 +65,24 @@ def set_tags(run: RunHandle, tags: dict[str, str]) -> None:
     MlflowClient(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
-def log_artifact(run: RunHandle, path: str) -> None:
-    MlflowClient(run.tracking_uri).log_artifact(run.run_id, path)
+def log_artifact(run: RunHandle, path: str, artifact_path: str | None = None) -> None:
+    MlflowClient(run.tracking_uri).log_artifact(run.run_id, path, artifact_path)
+
+
+def log_metrics(run: RunHandle, metrics: dict[str, float], step: int = 0) -> None:
+    """Log finite numeric metrics in one batch (None values are skipped, not zeroed)."""
+    timestamp = int(time.time() * 1000)
+    items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items() if value is not None]
+    client = MlflowClient(run.tracking_uri)
+    for start in range(0, len(items), 1000):
+        client.log_batch(run.run_id, metrics=items[start : start + 1000])
+
+
+def log_pool_dataset(run: RunHandle, name: str, source: str, digest: str, sample: pd.DataFrame) -> None:
+    """Record the pool as the run's input dataset, with its content digest (not pandas')."""
+    dataset = mlflow.data.from_pandas(sample, source=source, name=name, digest=digest[:36])
+    tags = [InputTag(key="mlflow.data.context", value="calibration-pool")]
+    MlflowClient(run.tracking_uri).log_inputs(run.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
 
 def finish_run(run: RunHandle, status: str = "FINISHED") -> None:

@@ -3,6 +3,10 @@ server REDIS_URL names when it is set (DESIGN.md §4)."""
 
 import os
 
+# Prefect reads its logging settings at import; INFO lines from its temporary server arrive
+# after pytest has closed its capture and print tracebacks, so keep Prefect at WARNING.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
 import pytest
 
 REDIS_TARGETS = ["embedded"] + (["redis_url"] if os.environ.get("REDIS_URL") else [])

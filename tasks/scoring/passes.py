@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -117,8 +118,34 @@ def open_session(
 
 
 def score_shard(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
-    """Score a shard for every pass (blocking; runs its own event loop)."""
-    return asyncio.run(score_shard_async(session, candidates))
+    """Score a shard for every pass; blocks the calling thread until it is done.
+
+    Every shard of the process runs on one long-lived event loop: litellm binds its
+    logging worker and HTTP clients to the loop they were first used on, so a new loop per
+    shard (or per thread) breaks them. Shards from several threads run concurrently on it.
+    """
+    return _background_loop().run(score_shard_async(session, candidates))
+
+
+class _BackgroundLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="tailcal-scoring-loop", daemon=True).start()
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+_LOOP: _BackgroundLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> _BackgroundLoop:
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = _BackgroundLoop()
+        return _LOOP
 
 
 async def score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
@@ -151,7 +178,9 @@ async def score_shard_async(session: ScoringSession, candidates: Sequence[Scorab
     return records
 
 
-def _lookup(session: ScoringSession, hashes: list[int], pass_index: int) -> list[CachedScore | None]:
+def _lookup(
+    session: ScoringSession, hashes: list[int], pass_index: int, count: bool = True
+) -> list[CachedScore | None]:
     """Batch look-up, primary model's namespace first, then the fallback's."""
     found: list[CachedScore | None] = [None] * len(hashes)
     for model in session.models_in_order():
@@ -162,6 +191,8 @@ def _lookup(session: ScoringSession, hashes: list[int], pass_index: int) -> list
             open_slots, session.caches[(model, pass_index)].lookup_many([hashes[i] for i in open_slots]), strict=True
         ):
             found[slot] = hit
+    if not count:  # forecasts look without counting
+        return found
     hits = sum(hit is not None for hit in found)
     session.metrics.cache_lookups.labels(result="hit").inc(hits)
     session.metrics.cache_lookups.labels(result="miss").inc(len(found) - hits)
@@ -169,6 +200,18 @@ def _lookup(session: ScoringSession, hashes: list[int], pass_index: int) -> list
         if hit is not None:
             session.metrics.requests.labels(model=hit.model, outcome="cached").inc()
     return found
+
+
+def estimate_hit_rate(session: ScoringSession, sample: Sequence[ScorableCandidate]) -> float:
+    """Expected cache-hit share for a pool like `sample`: entries already cached, plus
+    near-duplicates inside the sample that will hit once their leader is scored."""
+    if not sample:
+        return 0.0
+    hashes = [phash64(c.image) for c in sample]
+    cached = [hit is not None for hit in _lookup(session, hashes, pass_index=0, count=False)]
+    leaders, _ = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
+    paid = sum(1 for i in leaders if not cached[i])
+    return 1 - paid / len(sample)
 
 
 def _leaders_first(hashes: list[int], max_distance: int) -> tuple[list[int], list[int]]:

@@ -1,0 +1,95 @@
+"""Score one shard end to end, with a per-shard score log that makes resume explicit.
+
+The cache already means a rerun pays for nothing it scored before; the log also skips
+the hashing and look-ups of shards that finished, and records what each shard did. A log
+is reused only when it holds exactly this shard's ids, so a changed pool cannot reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+
+from tasks.config import TailcalConfig
+from tasks.scoring.passes import ScorableCandidate, ScoreRecord, open_session, score_shard
+from tasks.scoring.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+_LOG_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("pass_index", pa.int32()),
+        ("status", pa.string()),
+        ("difficulty", pa.float64()),
+        ("factors", pa.list_(pa.string())),
+        ("model", pa.string()),
+        ("cost_eur", pa.float64()),
+        ("latency_s", pa.float64()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def scoring_key(config: TailcalConfig, template: PromptTemplate, pool_uri: str) -> str:
+    """Identifies a scoring job across reruns: same pool, template, models and passes."""
+    parts = {
+        "pool": pool_uri,
+        "subset": [config.pool.subset_size, config.pool.subset_seed],
+        "template": [template.id, template.digest],
+        "models": [m.name for m in config.gateway.models],
+        "passes": [config.scoring.passes, config.scoring.base_seed, config.scoring.temperature],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_shard_log(path: Path, ids: Sequence[str]) -> list[ScoreRecord] | None:
+    """The shard's records if a finished log for exactly these ids exists, else None."""
+    if not path.exists():
+        return None
+    rows = pq.read_table(path).to_pylist()
+    if sorted({row["id"] for row in rows}) != sorted(ids):
+        log.warning("score log %s belongs to other candidates; scoring the shard again", path)
+        return None
+    return [ScoreRecord(**{**row, "factors": tuple(row["factors"] or ())}) for row in rows]
+
+
+def write_shard_log(path: Path, records: Sequence[ScoreRecord]) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves a half log behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(r), "factors": list(r.factors)} for r in records]
+    temporary = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=_LOG_SCHEMA), temporary)
+    temporary.replace(path)
+
+
+def score_logged_shard(
+    config: TailcalConfig,
+    redis_url: str,
+    api_base: str,
+    api_key: str,
+    template: PromptTemplate,
+    candidates: Sequence[ScorableCandidate],
+    log_path: Path,
+) -> tuple[list[ScoreRecord], bool]:
+    """Score a shard unless its log exists; returns (records, reused_log)."""
+    ids = [c.id for c in candidates]
+    logged = read_shard_log(log_path, ids)
+    if logged is not None:
+        return logged, True
+    client = redis.Redis.from_url(redis_url)
+    try:
+        session = open_session(config, client, api_base, api_key, template)
+        records = score_shard(session, candidates)
+    finally:
+        client.close()
+    write_shard_log(log_path, records)
+    return records, False
