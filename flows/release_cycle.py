@@ -1,8 +1,7 @@
 """The release-cycle flow: data → ingest → score → select → quantize → evaluate → MLflow.
 
-Stages that are not built yet are listed in `PENDING_STAGES` and reported at the end of a
-run, so the demo says plainly what it did and what comes next. Heavy imports (litellm,
-torch, OpenVINO) stay inside functions: `prefect deploy` imports every entrypoint.
+Heavy imports (litellm, torch, OpenVINO) stay inside functions: `prefect deploy` imports
+every entrypoint.
 
     python -m flows.release_cycle --config configs/demo.yaml
 """
@@ -25,6 +24,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.stages import calibrate_and_compare, export_fp16_ir, pool_profiles
 from tasks import tracking
 from tasks.config import RuntimeEnv, TailcalConfig, load_config
 from tasks.errors import TailcalError
@@ -32,11 +32,6 @@ from tasks.ingest import Candidate, IngestReport, iter_candidate_batches
 from tasks.services import RedisService, gateway_endpoint, mlflow_artifact_root, mlflow_tracking_uri, redis_service
 from tasks.synth.write import ensure_benchmark
 
-PENDING_STAGES = (
-    "select (top-K / hard-tail calibration set)",
-    "quantize (NNCF INT8 PTQ of the detector)",
-    "evaluate (INT8 vs FP16 mAP per condition)",
-)
 SHARDS_IN_FLIGHT = 4  # bounds memory: at most this many shards of images wait or run
 
 
@@ -58,17 +53,31 @@ class ScoringOutcome:
 
 
 @dataclass(frozen=True)
+class SelectionOutcome:
+    selection_path: Path
+    strategy: str
+    k: int
+    ids: tuple[str, ...]
+    strata: dict[str, int]
+    mean_difficulty_selected: float | None
+    mean_difficulty_pool: float | None
+
+
+@dataclass(frozen=True)
 class ReleaseSummary:
     """What a release-cycle run did, printed at the end and returned to Prefect."""
 
     config: str
     pool_uri: str
     scoring: ScoringOutcome
+    selection: SelectionOutcome
+    range_estimator: str
+    metrics: dict[str, float | None]
+    report_path: str
     cache_backend: str
     mlflow_tracking_uri: str
     mlflow_run_id: str
     run_dir: str
-    pending_stages: tuple[str, ...]
 
 
 @task(name="prepare-benchmark")
@@ -120,6 +129,11 @@ def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_
     from tasks.scoring.shards import scoring_key
 
     logger = get_run_logger()
+    if config.scoring.metrics_port:
+        from tasks.scoring.metrics import ScoringMetrics
+
+        ScoringMetrics.shared().serve(config.scoring.metrics_port)
+        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", config.scoring.metrics_port)
     template = load_template(config.scoring.prompt)
     report = IngestReport()
     batches = iter_candidate_batches(config.pool_uri, config.pool, env, report)
@@ -204,6 +218,91 @@ def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_
     ), metadata
 
 
+@task(name="select-calibration-set")
+def select_stage(config: TailcalConfig, scores_path: Path, run_dir: Path, profiles=None) -> SelectionOutcome:
+    """Choose the K calibration images from the scored pool and write selection.parquet."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tasks.selection import SelectionInput, select_calibration_set
+
+    scores = pq.read_table(scores_path)
+    selection = select_calibration_set(
+        SelectionInput.from_table(scores),
+        config.selection.strategy,
+        config.selection.k,
+        config.selection.seed,
+        config.selection.hard_fraction,
+        profiles=profiles,
+        tail_quantile=config.selection.coverage_tail_quantile,
+    )
+    table = selection.to_table()
+    difficulty = dict(zip(scores.column("id").to_pylist(), scores.column("difficulty").to_pylist(), strict=True))
+    table = table.append_column("difficulty", [[difficulty.get(i) for i in selection.ids]])
+    path = run_dir / "selection.parquet"
+    pq.write_table(table, path)
+    return SelectionOutcome(
+        selection_path=path,
+        strategy=selection.strategy,
+        k=selection.k,
+        ids=selection.ids,
+        strata=selection.stratum_counts(),
+        mean_difficulty_selected=pc.mean(table.column("difficulty")).as_py(),
+        mean_difficulty_pool=pc.mean(scores.column("difficulty")).as_py(),
+    )
+
+
+def _write_outputs(config, run, run_dir: Path, scoring, selection, calibration, fp_ir: Path) -> Path:
+    """Plots, report.md, IRs and tables: to the run dir, MLflow and Prefect artifacts."""
+    import pyarrow.parquet as pq
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from tasks import plots
+    from tasks.report import condition_table, render_report
+
+    scores = pq.read_table(scoring.scores_path).column("difficulty").to_pylist()
+    chosen = pq.read_table(selection.selection_path).column("difficulty").to_pylist()
+    comparison, clip = calibration.comparison, calibration.clipping
+    figures = [
+        plots.difficulty_histogram(scores, chosen, run_dir / "plots" / "difficulty_pool_vs_selected.png"),
+        plots.condition_map_bars(
+            comparison.fp16.per_condition, comparison.int8.per_condition, run_dir / "plots" / "map_per_condition.png"
+        ),
+        plots.clipping_bars(
+            [layer.name for layer in clip.layers],
+            [layer.clipped_fraction for layer in clip.layers],
+            clip.flag_fraction,
+            run_dir / "plots" / "clipping_per_layer.png",
+        ),
+    ]
+    link = f"{run.tracking_uri} → experiment {run.experiment_id} → run {run.run_id}"
+    report = render_report(
+        title=f"tailcal release cycle — run {run.run_id}",
+        comparison=comparison,
+        strategy=selection.strategy,
+        k=selection.k,
+        range_estimator=config.quantization.range_estimator,
+        spend_eur=scoring.spend_eur,
+        calls=scoring.calls,
+        cache_hit_rate=scoring.cache_hit_rate,
+        spearman=scoring.spearman,
+        flagged_layers=[(layer.name, layer.clipped_fraction) for layer in clip.flagged],
+        mlflow_link=link,
+    )
+    report_path = run_dir / "report.md"
+    report_path.write_text(report)
+    for path in (scoring.scores_path, selection.selection_path, report_path):
+        tracking.log_artifact(run, str(path))
+    for figure in figures:
+        tracking.log_artifact(run, str(figure), "plots")
+    for ir in (fp_ir, calibration.int8_ir):
+        tracking.log_artifact(run, str(ir), "ir")
+        tracking.log_artifact(run, str(ir.with_suffix(".bin")), "ir")
+    create_markdown_artifact(report, key="release-report", description="FP16 vs INT8 on the eval split")
+    create_table_artifact(condition_table(comparison), key="per-condition-gap", description="mAP per condition")
+    return report_path
+
+
 def _git_sha() -> str:
     result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     return result.stdout.strip() or "unknown"
@@ -222,6 +321,15 @@ def _scoring_metrics(outcome: ScoringOutcome) -> dict[str, float | None]:
     }
     metrics |= {f"scoring.spend_eur.pass_{p}": eur for p, eur in enumerate(outcome.spend_eur_per_pass)}
     return metrics
+
+
+def _selection_metrics(outcome: SelectionOutcome) -> dict[str, float | None]:
+    metrics = {
+        "selection.k": outcome.k,
+        "selection.mean_difficulty": outcome.mean_difficulty_selected,
+        "pool.mean_difficulty": outcome.mean_difficulty_pool,
+    }
+    return metrics | {f"selection.count.{stratum}": n for stratum, n in outcome.strata.items()}
 
 
 @flow(name="calibration-release-cycle", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -274,8 +382,14 @@ def release_cycle(
         if scoring.pool_digest:
             sample = pd.DataFrame({k: v[:1000] for k, v in metadata.items()})
             tracking.log_pool_dataset(run, "candidate-pool", config.pool_uri, scoring.pool_digest, sample)
-        tracking.log_metrics(run, _scoring_metrics(scoring))
-        tracking.log_artifact(run, str(scoring.scores_path))
+        fp_ir = export_fp16_ir(config)
+        profiles = pool_profiles(config, fp_ir) if config.selection.strategy == "coverage" else None
+        selection = select_stage(config, scoring.scores_path, run_dir, profiles)
+        estimator = config.quantization.range_estimator
+        calibration = calibrate_and_compare(config, fp_ir, selection.ids, estimator, run_dir / "ir")
+        metrics = _scoring_metrics(scoring) | _selection_metrics(selection) | calibration.metrics()
+        tracking.log_metrics(run, metrics)
+        report_path = _write_outputs(config, run, run_dir, scoring, selection, calibration, fp_ir)
     except BaseException:
         tracking.finish_run(run, "FAILED")
         raise
@@ -285,17 +399,25 @@ def release_cycle(
         config=config_path,
         pool_uri=config.pool_uri,
         scoring=scoring,
+        selection=selection,
+        range_estimator=estimator,
+        metrics=metrics,
+        report_path=str(report_path),
         cache_backend=cache_backend,
         mlflow_tracking_uri=uri,
         mlflow_run_id=run.run_id,
         run_dir=str(run_dir),
-        pending_stages=PENDING_STAGES,
     )
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def print_summary(summary: ReleaseSummary) -> None:
-    scoring = summary.scoring
+    scoring, metrics = summary.scoring, summary.metrics
     spearman = "n/a" if scoring.spearman is None else f"{scoring.spearman:.3f}"
+    ratio = metrics.get("int8_vs_fp16.throughput_ratio")
     lines = [
         "",
         "tailcal release cycle — summary",
@@ -305,14 +427,25 @@ def print_summary(summary: ReleaseSummary) -> None:
         f"  scoring       {scoring.calls} paid calls, cache hit rate {scoring.cache_hit_rate:.1%}, "
         f"spend €{scoring.spend_eur:.4f}, {scoring.failed} failed, {scoring.unscored} unscored",
         f"                Spearman between passes {spearman}; {scoring.reused_shards} shard(s) reused from logs",
+        f"  selection     {summary.selection.strategy}, K={summary.selection.k}: mean difficulty "
+        f"{_fmt(summary.selection.mean_difficulty_selected)} vs pool {_fmt(summary.selection.mean_difficulty_pool)}",
+        f"  INT8 vs FP16  mAP@[.5:.95] {metrics['int8.map']:.4f} vs {metrics['fp16.map']:.4f}: "
+        f"gap {metrics['gap.map']:+.4f} ({summary.range_estimator}); "
+        + (f"INT8 {ratio:.2f}× FP16 throughput" if ratio else "throughput not measured"),
+        "                worst conditions: "
+        + ", ".join(
+            f"{name.removeprefix('gap.map.')} {value:+.4f}"
+            for name, value in sorted(
+                ((k, v) for k, v in metrics.items() if k.startswith("gap.map.") and ".class." not in k),
+                key=lambda kv: -kv[1],
+            )[:3]
+        ),
+        f"  clipping      max {metrics['clipping.max_pct']:.2f} % of activations; "
+        f"{int(metrics['clipping.flagged_layers'])} layer(s) over the threshold",
         f"  score cache   {summary.cache_backend}",
-        f"  artefacts     {summary.run_dir}",
-        f"  MLflow run    {summary.mlflow_run_id}",
-        f"  MLflow UI     make ui   (tracking URI {summary.mlflow_tracking_uri})",
+        f"  report        {summary.report_path}",
+        f"  MLflow run    {summary.mlflow_run_id}  — open with `make ui` (tracking URI {summary.mlflow_tracking_uri})",
     ]
-    if summary.pending_stages:
-        lines.append("  not built yet (next):")
-        lines += [f"    - {stage}" for stage in summary.pending_stages]
     print("\n".join(lines))
 
 

@@ -6,7 +6,8 @@ for batch in iter_candidate_batches(config.pool_uri, config.pool, RuntimeEnv(), 
 report.pool_digest  # set once the stream is exhausted
 """
 
+from .collect import collect_images
 from .models import Candidate, IngestReport, PoolDigest, Skipped
 from .stream import iter_candidate_batches
 
-__all__ = ["Candidate", "IngestReport", "PoolDigest", "Skipped", "iter_candidate_batches"]
+__all__ = ["Candidate", "IngestReport", "PoolDigest", "Skipped", "collect_images", "iter_candidate_batches"]

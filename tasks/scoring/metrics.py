@@ -6,10 +6,14 @@ become visible (it retries inside one `acompletion` call).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from litellm.integrations.custom_logger import CustomLogger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_SHARED: ScoringMetrics | None = None
+_SHARED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -56,6 +60,16 @@ class ScoringMetrics:
                 "tailcal_budget_exhausted", "1 when the cap stopped calls", ["ledger"], registry=registry
             ),
         )
+
+    @classmethod
+    def shared(cls) -> ScoringMetrics:
+        """The process-wide metrics on Prometheus' default registry, so every shard of a run
+        adds to the same counters (a metric name can be registered only once)."""
+        global _SHARED
+        with _SHARED_LOCK:
+            if _SHARED is None:
+                _SHARED = cls.create(REGISTRY)
+            return _SHARED
 
     def serve(self, port: int) -> None:
         """Expose /metrics on 127.0.0.1:`port` for the duration of the process."""

@@ -91,7 +91,7 @@ def open_session(
     metrics: ScoringMetrics | None = None,
 ) -> ScoringSession:
     """Wire cache namespaces, the budget ledger, the limiter and the gateway client."""
-    metrics = metrics or ScoringMetrics.create()
+    metrics = metrics or ScoringMetrics.shared()
     max_distance = max_distance_for(config.cache.similarity)
     ttl_s = int(config.cache.ttl_hours * 3600)
     caches = {

@@ -63,7 +63,21 @@ def test_mlflow_run_has_params_metrics_dataset_and_artifacts(release_run):
     digests = [d.dataset.digest for d in run.inputs.dataset_inputs]
     assert digests and digests[0] == summary.scoring.pool_digest[:36], f"pool dataset with its digest: {digests}"
     names = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
-    assert "scores.parquet" in names, names
+    assert {"scores.parquet", "selection.parquet", "report.md", "plots", "ir"} <= names, names
+    irs = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "ir")}
+    assert {"ir/detector_fp16.xml", "ir/detector_int8.xml"} <= irs, f"both IRs are logged: {irs}"
+    metrics = run.data.metrics
+    for name in ("fp16.map", "int8.map", "gap.map", "clipping.max_pct", "int8_vs_fp16.throughput_ratio"):
+        assert name in metrics, f"{name} missing from {sorted(metrics)}"
+    assert metrics["gap.map"] == pytest.approx(metrics["fp16.map"] - metrics["int8.map"]), "gap is FP16 − INT8"
+    assert any(name.startswith("gap.map.") for name in metrics), "per-condition gaps are logged"
+
+
+def test_int8_model_is_calibrated_on_exactly_the_selected_k(release_run):
+    summary, _, _ = release_run
+    selection = pq.read_table(summary.selection.selection_path)
+    assert selection.num_rows == 32 and len(set(selection.column("id").to_pylist())) == 32, "K distinct ids"
+    assert summary.metrics["selection.k"] == 32, "K is logged"
 
 
 def test_no_secret_value_appears_anywhere_in_the_run(release_run):

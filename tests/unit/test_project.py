@@ -49,3 +49,24 @@ def test_every_declared_dependency_is_pinned_and_matches_the_lock():
         if lock.get(name) != match.group(3):
             problems.append(f"{requirement}: lock has {lock.get(name)}")
     assert not problems, "pyproject.toml and requirements.lock disagree:\n" + "\n".join(problems)
+
+
+def test_grafana_dashboard_queries_only_metrics_the_code_exports():
+    import json
+
+    from prometheus_client import CollectorRegistry
+
+    from tasks.scoring.metrics import ScoringMetrics
+
+    registry = CollectorRegistry()
+    ScoringMetrics.create(registry)
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    exported = {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+    dashboard = json.loads((ROOT / "configs" / "grafana" / "tailcal-scoring.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"tailcal_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exported, f"dashboard queries unknown metrics: {sorted(queried - exported)}"

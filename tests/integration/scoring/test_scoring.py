@@ -20,6 +20,7 @@ import yaml
 
 from tasks.scoring.budget import NANO, to_nano
 from tasks.scoring.cache import phash64
+from tasks.scoring.metrics import ScoringMetrics
 from tasks.scoring.passes import namespace, open_session, score_shard
 from tasks.scoring.prompts import load_template
 from tasks.scoring.reference_scorer import FaultPlan, ScorerSettings
@@ -40,7 +41,9 @@ def rows(pool_dir: Path, start: int = 0, count: int = 40) -> list[Row]:
 
 
 def session_for(config, redis_client, scorer, key="test-key"):
-    return open_session(config, redis_client, scorer.base_url, key, load_template(config.scoring.prompt))
+    """A session with its own metrics registry, so counts are this test's alone."""
+    template = load_template(config.scoring.prompt)
+    return open_session(config, redis_client, scorer.base_url, key, template, ScoringMetrics.create())
 
 
 def test_two_passes_score_every_candidate_and_bursts_are_paid_once(redis_client, scorer, pool_dir):
