@@ -127,6 +127,7 @@ class ScoringConfig(_Strict):
     base_seed: int = 0
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     shard_size: int = Field(512, ge=16, le=4096)
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on 127.0.0.1.")
 
 
 class SelectionConfig(_Strict):
@@ -167,6 +168,8 @@ class EvaluationConfig(_Strict):
 
     dataset_dir: Path | None = None
     latency_iterations: int = Field(50, ge=1)
+    clipping_images: int = Field(64, ge=1, description="Eval images run through the FP IR for clipping %.")
+    clipping_flag_fraction: float = Field(0.01, gt=0.0, lt=1.0, description="Flag layers clipping more than this.")
 
 
 class TrackingConfig(_Strict):
