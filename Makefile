@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tailcal-installed
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_DATA := $(abspath data/demo)
 
-.PHONY: install demo test lint format bench ui clean
+.PHONY: install demo test lint format bench ui deploy ablation clean
 
 install: $(STAMP)
 
@@ -43,5 +43,14 @@ ui: install
 	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
 	wait
 
+# A local Prefect server (UI on :4200) + process worker, with prefect.yaml's deployments.
+deploy: install
+	$(BIN)/python -m flows.deploy_local
+
+# A small ablation grid on the demo data (the full grid: python -m flows.ablation).
+ablation: install
+	$(BIN)/python -m flows.ablation --config $(DEMO_CONFIG) --strategies random topk hard_tail_mix \
+		--estimators MEAN_MINMAX MINMAX --seeds 0 1 --ks 64
+
 clean:
-	rm -rf data .prefect
+	rm -rf data .prefect .prefect-server

@@ -16,6 +16,61 @@ from prefect.cache_policies import NONE
 from tasks.config import RuntimeEnv, TailcalConfig
 
 
+@dataclass(frozen=True)
+class SelectionOutcome:
+    selection_path: Path
+    strategy: str
+    k: int
+    ids: tuple[str, ...]
+    strata: dict[str, int]
+    mean_difficulty_selected: float | None
+    mean_difficulty_pool: float | None
+
+
+@task(name="select-calibration-set")
+def select_stage(config: TailcalConfig, scores_path: Path, run_dir: Path, profiles=None) -> SelectionOutcome:
+    """Choose the K calibration images from the scored pool and write selection.parquet."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tasks.selection import SelectionInput, select_calibration_set
+
+    scores = pq.read_table(scores_path)
+    selection = select_calibration_set(
+        SelectionInput.from_table(scores),
+        config.selection.strategy,
+        config.selection.k,
+        config.selection.seed,
+        config.selection.hard_fraction,
+        profiles=profiles,
+        tail_quantile=config.selection.coverage_tail_quantile,
+    )
+    table = selection.to_table()
+    difficulty = dict(zip(scores.column("id").to_pylist(), scores.column("difficulty").to_pylist(), strict=True))
+    table = table.append_column("difficulty", [[difficulty.get(i) for i in selection.ids]])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "selection.parquet"
+    pq.write_table(table, path)
+    return SelectionOutcome(
+        selection_path=path,
+        strategy=selection.strategy,
+        k=selection.k,
+        ids=selection.ids,
+        strata=selection.stratum_counts(),
+        mean_difficulty_selected=pc.mean(table.column("difficulty")).as_py(),
+        mean_difficulty_pool=pc.mean(scores.column("difficulty")).as_py(),
+    )
+
+
+def selection_metrics(outcome: SelectionOutcome) -> dict[str, float | None]:
+    metrics = {
+        "selection.k": outcome.k,
+        "selection.mean_difficulty": outcome.mean_difficulty_selected,
+        "pool.mean_difficulty": outcome.mean_difficulty_pool,
+    }
+    return metrics | {f"selection.count.{stratum}": n for stratum, n in outcome.strata.items()}
+
+
 @task(name="export-fp16-ir", cache_policy=NONE)
 def export_fp16_ir(config: TailcalConfig) -> Path:
     """The detector as an FP16-weight IR, exported once per checkpoint (keyed by its digest)."""

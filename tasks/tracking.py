@@ -53,6 +53,13 @@ def start_run(
     return RunHandle(tracking_uri, experiment_id, run.info.run_id)
 
 
+def start_child_run(parent: RunHandle, run_name: str, tags: dict[str, str]) -> RunHandle:
+    """A run nested under `parent` (the MLflow UI shows it in the parent's tree)."""
+    client = MlflowClient(parent.tracking_uri)
+    run = client.create_run(parent.experiment_id, run_name=run_name, tags={"mlflow.parentRunId": parent.run_id, **tags})
+    return RunHandle(parent.tracking_uri, parent.experiment_id, run.info.run_id)
+
+
 def log_params(run: RunHandle, params: dict[str, str]) -> None:
     """Log params in MLflow's batch size limit of 100."""
     client = MlflowClient(run.tracking_uri)
