@@ -26,17 +26,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.pop("REDIS_URL", None)
 
-import numpy as np  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
+import numpy as np
+import pyarrow.dataset as ds
 
-from tasks.config import RuntimeEnv, SyntheticConfig, TailcalConfig  # noqa: E402
-from tasks.scoring.cache import phash64  # noqa: E402
-from tasks.scoring.passes import open_session, score_shard  # noqa: E402
-from tasks.scoring.prompts import load_template  # noqa: E402
-from tasks.scoring.ratelimit import RateLimiter  # noqa: E402
-from tasks.scoring.results import summarize  # noqa: E402
-from tasks.services import redis_service  # noqa: E402
-from tasks.synth.write import write_pool  # noqa: E402
+from tasks.config import RuntimeEnv, SyntheticConfig, TailcalConfig
+from tasks.scoring.cache import phash64
+from tasks.scoring.passes import open_session, score_shard
+from tasks.scoring.prompts import load_template
+from tasks.scoring.ratelimit import RateLimiter
+from tasks.scoring.results import summarize
+from tasks.services import redis_service
+from tasks.synth.write import write_pool
 
 SHARD = 512
 
@@ -130,7 +130,8 @@ def main() -> None:
         proc, api_base = start_scorer(args.latency)
         try:
             print(
-                f"(a) throughput, cache-miss path, {len(distinct)} distinct candidates, latency {args.latency * 1000:.0f} ms"
+                f"(a) throughput, cache-miss path, {len(distinct)} distinct candidates,"
+                f" latency {args.latency * 1000:.0f} ms"
             )
             throughput(work, distinct, api_base, concurrency=32, rpm=3000, latency=args.latency)
             throughput(work, distinct, api_base, concurrency=8, rpm=None, latency=args.latency)
