@@ -71,7 +71,12 @@ def ablation(
         config.tracking.experiment,
         None if env.mlflow_tracking_uri else mlflow_artifact_root(config.data_dir),
         run_name=release_id or f"ablation-{flow_run.get_name() or 'local'}",
-        tags={"kind": "ablation", "release_id": release_id or "", "prefect.flow_run_id": str(flow_run.get_id() or "")},
+        tags={
+            "kind": "ablation",
+            "release_id": release_id or "",
+            "prefect.flow_run_id": str(flow_run.get_id() or ""),
+            "prefect.flow_run_url": flow_run.get_flow_run_ui_url() or "",
+        },
     )
     run_dir = config.data_dir / "runs" / parent.run_id
     try:

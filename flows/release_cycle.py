@@ -170,6 +170,7 @@ def release_cycle(
             "release_id": release_id or "",
             "git_sha": _git_sha(),
             "prefect.flow_run_id": str(flow_run.get_id() or ""),
+            "prefect.flow_run_url": flow_run.get_flow_run_ui_url() or "",
             "prompt": config.scoring.prompt,
             "strategy": config.selection.strategy,
         },
