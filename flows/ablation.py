@@ -92,7 +92,7 @@ def ablation(
             },
         )
         with redis_service(env, config.data_dir) as redis, gateway_endpoint(config.gateway) as api_base:
-            scoring, _ = score_pool(config, env, redis, api_base, run_dir)
+            scoring = score_pool(config, env, redis, api_base, run_dir)
         tracking.log_artifact(parent, str(scoring.scores_path))
         fp_ir = export_fp16_ir(config)
         fp16 = fp16_evaluation(config, fp_ir)

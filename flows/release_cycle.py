@@ -179,10 +179,10 @@ def release_cycle(
     try:
         tracking.log_params(run, tracking.config_params(config))
         with redis_service(env, config.data_dir) as redis, gateway_endpoint(config.gateway) as api_base:
-            scoring, metadata = score_pool(config, env, redis, api_base, run_dir)
+            scoring = score_pool(config, env, redis, api_base, run_dir)
             cache_backend = redis.display_url + (" (embedded Valkey)" if redis.embedded else "")
         if scoring.pool_digest:
-            sample = pd.DataFrame({k: v[:1000] for k, v in metadata.items()})
+            sample = pd.DataFrame(scoring.dataset_sample)
             tracking.log_pool_dataset(run, "candidate-pool", config.pool_uri, scoring.pool_digest, sample)
         fp_ir = export_fp16_ir(config)
         profiles = pool_profiles(config, fp_ir) if config.selection.strategy == "coverage" else None

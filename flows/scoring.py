@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -18,6 +19,9 @@ from prefect.cache_policies import NONE
 from tasks.config import RuntimeEnv, TailcalConfig
 from tasks.ingest import Candidate, IngestReport, iter_candidate_batches
 from tasks.services import RedisService
+
+if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
+    from tasks.scoring.shards import ShardResult
 
 SHARDS_IN_FLIGHT = 4
 
@@ -37,6 +41,7 @@ class ScoringOutcome:
     failed: int
     unscored: int
     reused_shards: int
+    dataset_sample: dict[str, list]  # first rows of id/condition/class_hint/source, for MLflow
 
 
 @task(name="score-shard", retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -47,7 +52,7 @@ def score_shard_task(
     template,
     candidates: list[Candidate],
     log_path: Path,
-) -> tuple[list, bool]:
+) -> ShardResult:
     """One shard, all passes. Secrets are read here from the environment, never passed in."""
     from tasks.scoring.gateway import gateway_key
     from tasks.scoring.shards import score_logged_shard
@@ -98,7 +103,8 @@ def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_
 
     def collect() -> None:
         nonlocal done, reused
-        shard_records, was_reused = pending.popleft().result()
+        result = pending.popleft().result()
+        shard_records, was_reused = result.records, result.reused_log
         records.extend(shard_records)
         reused += was_reused
         this_run.extend(
@@ -165,4 +171,5 @@ def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_
         failed=summary.failed,
         unscored=summary.unscored,
         reused_shards=reused,
-    ), metadata
+        dataset_sample={name: values[:1000] for name, values in metadata.items()},
+    )

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,6 +71,12 @@ def write_shard_log(path: Path, records: Sequence[ScoreRecord]) -> None:
     temporary.replace(path)
 
 
+@dataclass(frozen=True)
+class ShardResult:
+    records: list[ScoreRecord]
+    reused_log: bool  # True when a finished log was read instead of scoring
+
+
 def score_logged_shard(
     config: TailcalConfig,
     redis_url: str,
@@ -79,12 +85,12 @@ def score_logged_shard(
     template: PromptTemplate,
     candidates: Sequence[ScorableCandidate],
     log_path: Path,
-) -> tuple[list[ScoreRecord], bool]:
-    """Score a shard unless its log exists; returns (records, reused_log)."""
+) -> ShardResult:
+    """Score a shard unless a finished log for exactly these candidates exists."""
     ids = [c.id for c in candidates]
     logged = read_shard_log(log_path, ids)
     if logged is not None:
-        return logged, True
+        return ShardResult(logged, reused_log=True)
     client = redis.Redis.from_url(redis_url)
     try:
         session = open_session(config, client, api_base, api_key, template)
@@ -92,4 +98,4 @@ def score_logged_shard(
     finally:
         client.close()
     write_shard_log(log_path, records)
-    return records, False
+    return ShardResult(records, reused_log=False)
