@@ -9,6 +9,7 @@ litellm's BudgetManager is file-based and not concurrency-safe, hence this modul
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +19,7 @@ from tasks.errors import BudgetExhausted
 
 NANO = 1_000_000_000
 KEY_PREFIX = "tailcal:budget"
+SETTLED_PREFIX = "tailcal:settled"  # settlement tokens (1 h), apart from the ledgers
 
 # Returns 1 when reserved; 0 when the cap is reached for good (settled spend alone leaves
 # no room); -1 when only in-flight reservations block it (the caller may wait and retry).
@@ -32,8 +34,12 @@ redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 return 1
 """
 
-# Releases the reservation, books the actual cost, and fires the alert exactly once.
+# Releases the reservation, books the actual cost, and fires the alert exactly once. KEYS[2]
+# is the settlement's token: a retry after a lost reply (Redis restarting) books nothing twice.
 _SETTLE = """
+if not redis.call('SET', KEYS[2], 1, 'NX', 'EX', 3600) then
+  return {tonumber(redis.call('HGET', KEYS[1], 'spent') or '0'), 0}
+end
 redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
 local spent = redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[1], 'calls', 1)
@@ -77,7 +83,8 @@ class BudgetLedger:
 
     def __init__(self, client: redis.Redis, virtual_key: str, cap_eur: float, alert_fraction: float) -> None:
         self._client = client
-        self.key = f"{KEY_PREFIX}:{ledger_id(virtual_key)}"
+        self._id = ledger_id(virtual_key)
+        self.key = f"{KEY_PREFIX}:{self._id}"
         self.cap_eur = cap_eur
         self._cap = to_nano(cap_eur)
         self._alert_at = to_nano(cap_eur * alert_fraction)
@@ -95,9 +102,14 @@ class BudgetLedger:
                 "or set budget.on_exhausted to cached_only / fallback_model"
             )
 
-    def settle(self, reserved_eur: float, actual_eur: float) -> Settlement:
-        """Release the reservation and book the actual cost (0 for a call that failed unpaid)."""
-        spent, fired = self._settle(keys=[self.key], args=[to_nano(reserved_eur), to_nano(actual_eur), self._alert_at])
+    def settle(self, reserved_eur: float, actual_eur: float, token: str | None = None) -> Settlement:
+        """Release the reservation and book the actual cost (0 for a call that failed unpaid).
+
+        Calls with the same `token` book once: pass one when the settlement may be retried."""
+        token_key = f"{SETTLED_PREFIX}:{self._id}:{token or uuid.uuid4().hex}"
+        spent, fired = self._settle(
+            keys=[self.key, token_key], args=[to_nano(reserved_eur), to_nano(actual_eur), self._alert_at]
+        )
         return Settlement(spent_eur=int(spent) / NANO, alert_fired=bool(fired))
 
     def state(self) -> LedgerState:

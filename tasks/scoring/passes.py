@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import httpx
@@ -23,6 +26,7 @@ import openai
 import redis
 
 from tasks.config import TailcalConfig
+from tasks.errors import ServiceError
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
 from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image
@@ -34,6 +38,9 @@ log = logging.getLogger(__name__)
 
 REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, then recorded
 RESERVE_WAIT_S = 0.05
+# A Redis restart (or failover) shorter than this is ridden out; a longer outage stops the
+# shard with a ServiceError. Work already paid is settled, cached and in the shard logs.
+REDIS_OUTAGE_S = 30.0
 
 
 class ScorableCandidate(Protocol):
@@ -165,7 +172,9 @@ async def score_shard_async(session: ScoringSession, candidates: Sequence[Scorab
         by_index: dict[int, ScoreRecord] = {}
         for group in (leaders, followers):
             misses = []
-            for index, hit in zip(group, _lookup(session, [hashes[i] for i in group], pass_index), strict=True):
+            group_hashes = [hashes[i] for i in group]
+            hits = await _ride_out(partial(_lookup, session, group_hashes, pass_index), "looking up the score cache")
+            for index, hit in zip(group, hits, strict=True):
                 if hit is None:
                     misses.append(index)
                 else:
@@ -234,6 +243,7 @@ async def _call(
     """A cache miss: reserve, call, settle, store. Redis calls here are sub-millisecond on
     loopback, so they run inline rather than paying a thread hop each."""
     reason = ""
+    paid_invalid_eur = 0.0  # invalid replies are billed: their cost belongs to this candidate's record
     models = session.models_in_order()
     model_index = 0
     attempts = 0
@@ -248,7 +258,9 @@ async def _call(
             session.exhausted = True
             session.metrics.budget_exhausted.labels(ledger=session.ledger_label).set(1)
             session.metrics.requests.labels(model=model, outcome="unscored").inc()
-            return ScoreRecord(candidate_id, pass_index, "unscored", None, reason="budget exhausted")
+            return ScoreRecord(
+                candidate_id, pass_index, "unscored", None, cost_eur=paid_invalid_eur, reason="budget exhausted"
+            )
         attempts += 1
         await session.limiter.acquire()
         seed = session.config.scoring.base_seed + pass_index
@@ -256,16 +268,26 @@ async def _call(
             reply = await session.gateway.score(image, model, seed, session.config.scoring.temperature)
         except PaidReplyError as exc:
             await _settle(session, worst, exc.cost_eur, exc.model)
+            paid_invalid_eur += exc.cost_eur
             reason = f"invalid reply: {exc}"
             log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, attempts)
             continue
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
             await _settle(session, worst, 0.0, model)
             session.metrics.requests.labels(model=model, outcome="failed").inc()
-            return ScoreRecord(candidate_id, pass_index, "failed", None, model=model, reason=_describe(exc))
+            return ScoreRecord(
+                candidate_id,
+                pass_index,
+                "failed",
+                None,
+                model=model,
+                cost_eur=paid_invalid_eur,
+                reason=_describe(exc),
+            )
         await _settle(session, worst, reply.cost_eur, reply.model)
         session.metrics.latency.labels(model=reply.model).observe(reply.latency_s)
-        session.caches[(reply.model, pass_index)].store(phash, reply.difficulty, reply.factors, reply.model)
+        cache = session.caches[(reply.model, pass_index)]
+        await _ride_out(partial(cache.store, phash, reply.difficulty, reply.factors, reply.model), "caching a score")
         session.metrics.requests.labels(model=reply.model, outcome="scored").inc()
         return ScoreRecord(
             candidate_id,
@@ -274,17 +296,19 @@ async def _call(
             reply.difficulty,
             reply.factors,
             reply.model,
-            reply.cost_eur,
+            reply.cost_eur + paid_invalid_eur,
             reply.latency_s,
         )
     session.metrics.requests.labels(model=models[model_index], outcome="failed").inc()
-    return ScoreRecord(candidate_id, pass_index, "failed", None, model=models[model_index], reason=reason)
+    return ScoreRecord(
+        candidate_id, pass_index, "failed", None, model=models[model_index], cost_eur=paid_invalid_eur, reason=reason
+    )
 
 
 async def _reserve(session: ScoringSession, worst_eur: float) -> Reservation:
     """Reserve, waiting while only in-flight reservations (not settled spend) block the call."""
     while True:
-        reservation = session.ledger.reserve(worst_eur)
+        reservation = await _ride_out(partial(session.ledger.reserve, worst_eur), "reserving budget")
         if reservation is not Reservation.WAIT:
             return reservation
         await asyncio.sleep(RESERVE_WAIT_S)
@@ -293,7 +317,10 @@ async def _reserve(session: ScoringSession, worst_eur: float) -> Reservation:
 async def _settle(session: ScoringSession, reserved_eur: float, actual_eur: float, model: str) -> None:
     if actual_eur > reserved_eur:
         log.warning("call cost €%.6f exceeded its reservation €%.6f (model %s)", actual_eur, reserved_eur, model)
-    settlement = session.ledger.settle(reserved_eur, actual_eur)
+    token = uuid.uuid4().hex  # the same token on every retry: the cost is booked once
+    settlement = await _ride_out(
+        partial(session.ledger.settle, reserved_eur, actual_eur, token), f"settling a €{actual_eur:.6f} call"
+    )
     session.metrics.spend_eur.labels(ledger=session.ledger_label, model=model).inc(actual_eur)
     session.metrics.budget_spent_eur.labels(ledger=session.ledger_label).set(settlement.spent_eur)
     if settlement.alert_fired:
@@ -308,6 +335,28 @@ async def _settle(session: ScoringSession, reserved_eur: float, actual_eur: floa
         )
         if session.config.budget.webhook_url:
             await _post_alert(session, settlement.spent_eur)
+
+
+async def _ride_out(operation, doing: str):
+    """Run a Redis operation, retrying through a connection outage of up to REDIS_OUTAGE_S.
+
+    Every operation retried here is idempotent (look-ups, cache stores, token-guarded
+    settlements) or harmless to repeat after a refused connection (a reservation that
+    never reached Redis)."""
+    deadline = time.monotonic() + REDIS_OUTAGE_S
+    delay = 0.1
+    while True:
+        try:
+            return operation()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"Redis unreachable for {REDIS_OUTAGE_S:.0f} s while {doing} ({exc.__class__.__name__}): "
+                    "restart Redis (or check REDIS_URL) and rerun; scored candidates are cached and not paid again"
+                ) from exc
+            log.warning("Redis unreachable while %s (%s); retrying in %.1f s", doing, exc.__class__.__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def _post_alert(session: ScoringSession, spent_eur: float) -> None:

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from tasks.scoring.budget import NANO, to_nano
+from tasks.scoring.budget import NANO, BudgetLedger, Reservation, to_nano
 from tasks.scoring.cache import phash64
 from tasks.scoring.metrics import ScoringMetrics
 from tasks.scoring.passes import namespace, open_session, score_shard
@@ -297,3 +297,17 @@ def test_rerun_after_kill_9_pays_nothing_for_already_scored_candidates(redis_url
     final = json.loads((tmp_path / "rerun.json").read_text())
     assert {r["status"] for r in final} <= {"scored", "cached"} and len(final) == 80, "the rerun finishes the shard"
     assert namespace(load_template("difficulty-v1"), "reference-vlm", 0) in cache.namespace_prefix, "namespace layout"
+
+
+def test_a_retried_settlement_books_its_cost_once(redis_client):
+    # given a reservation whose settlement is sent twice with one token (a reply lost to a Redis restart)
+    ledger = BudgetLedger(redis_client, "token-key", cap_eur=1.0, alert_fraction=0.8)
+    assert ledger.reserve(0.01) is Reservation.GRANTED, "reservation granted"
+    ledger.settle(0.01, 0.004, token="t-1")
+    ledger.settle(0.01, 0.004, token="t-1")
+    # then the cost and the release are booked once; a new token books a new settlement
+    state = ledger.state()
+    assert (state.spent_eur, state.reserved_eur, state.calls) == (0.004, 0.0, 1), f"booked once: {state}"
+    assert ledger.reserve(0.01) is Reservation.GRANTED, "second reservation"
+    ledger.settle(0.01, 0.002, token="t-2")
+    assert ledger.state().calls == 2 and abs(ledger.state().spent_eur - 0.006) < 1e-12, "t-2 is a new settlement"
