@@ -178,6 +178,49 @@ class TrackingConfig(_Strict):
     experiment: str = Field("tailcal", min_length=1)
 
 
+class ServingConfig(_Strict):
+    """Precision routing of the inference service (`python -m tasks.serving`)."""
+
+    ir_dir: Path | None = Field(
+        None, description="Directory with detector_int8.xml / detector_int8_ac.xml / detector_fp16.xml."
+    )
+    int8_ir: Path | None = None
+    mixed_ir: Path | None = Field(None, description="Accuracy-controlled IR (optional tier).")
+    fp16_ir: Path | None = None
+    priority_fp16_min: int = Field(8, ge=1, le=10, description="X-Priority at or above this → fp16.")
+    priority_int8_max: int = Field(2, ge=0, le=10, description="X-Priority at or below this → int8 (0: never).")
+    medium_difficulty: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty at or above → mixed tier.")
+    hard_difficulty: float = Field(0.7, ge=0.0, le=1.0, description="Difficulty at or above → fp16 tier.")
+    default_tier: Literal["int8", "mixed", "fp16"] = "fp16"
+    latency_ewma_alpha: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_requests: int = Field(5, ge=1, le=1000)
+    infer_requests_per_tier: int = Field(2, ge=1, le=64, description="Concurrent OpenVINO requests per tier.")
+    threads_per_request: int | None = Field(None, ge=1, le=256, description="INFERENCE_NUM_THREADS; unset: auto.")
+    max_image_bytes: int = Field(8 * 2**20, ge=1)
+    max_image_pixels: int = Field(16_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ServingConfig:
+        if self.medium_difficulty > self.hard_difficulty:
+            raise ValueError(
+                f"medium_difficulty {self.medium_difficulty} > hard_difficulty {self.hard_difficulty}: "
+                "the mixed band must sit below the fp16 band"
+            )
+        if self.priority_int8_max >= self.priority_fp16_min:
+            raise ValueError("priority_int8_max must be below priority_fp16_min")
+        return self
+
+
+class DriftConfig(_Strict):
+    """Calibration drift monitor: PSI per feature, production sample vs calibration set."""
+
+    bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference for continuous features.")
+    epsilon: float = Field(1e-4, gt=0.0, lt=0.1, description="Floor for empty-bin proportions.")
+    psi_threshold: float = Field(0.25, gt=0.0, description="Any feature above → recalibrate.")
+    production_subset_size: int | None = Field(1000, ge=1, description="Rows sampled from the production pool.")
+    min_samples: int = Field(30, ge=2, description="Fewer rows on either side → no verdict (error).")
+
+
 class TailcalConfig(_Strict):
     """The whole configuration of one tailcal run."""
 
@@ -192,6 +235,8 @@ class TailcalConfig(_Strict):
     quantization: QuantizationConfig = QuantizationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serving: ServingConfig = ServingConfig()
+    drift: DriftConfig = DriftConfig()
 
     @property
     def data_dir(self) -> Path:

@@ -29,6 +29,11 @@ def test_release_cycle_is_deployed_weekly_with_production_parameters(local_prefe
     assert "configs/release.yaml" in out, "production parameters"
 
 
+def test_drift_monitor_is_deployed_daily(local_prefect):
+    out = local_prefect.prefect("deployment", "inspect", "calibration-drift-monitor/drift-monitor").stdout
+    assert "0 6 * * *" in out, f"daily cron schedule: {out[-1500:]}"
+
+
 def test_ablation_deployment_run_with_overrides_creates_nested_runs(local_prefect, tmp_path):
     data_dir = tmp_path / "data"
     config = {

@@ -70,3 +70,17 @@ def test_grafana_dashboard_queries_only_metrics_the_code_exports():
         for name in re.findall(r"tailcal_[a-z_]+", target["expr"])
     }
     assert queried and queried <= exported, f"dashboard queries unknown metrics: {sorted(queried - exported)}"
+
+
+def test_flow_modules_import_without_heavy_libraries():
+    """`prefect deploy` imports every entrypoint: litellm, torch and OpenVINO stay lazy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flows.release_cycle, flows.ablation, flows.drift_monitor, flows.train_detector; "
+        "print(','.join(m for m in ('litellm', 'torch', 'openvino', 'nncf') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"heavy modules imported by flow modules: {result.stdout.strip()}"

@@ -1,0 +1,190 @@
+"""Calibration drift: does production still look like the calibration set? PSI per feature.
+
+Features are the service's own difficulty estimate, the image statistics behind it
+(brightness, contrast, sharpness, noise, saturated fraction) and the condition tag.
+Continuous features are binned at the reference's quantiles (so each reference bin
+holds ~1/bins of it); tags are their own categories. Empty bins get `epsilon`, and
+PSI = Σ (p − q)·ln(p / q) with q the reference and p the production proportions.
+Rule of thumb: < 0.1 stable, 0.1–0.25 moderate, > 0.25 shifted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tasks.config import DriftConfig
+from tasks.detection.postprocess import decode_image
+from tasks.errors import TailcalError
+from tasks.ingest.models import Candidate
+from tasks.serving.difficulty import STAT_NAMES, estimate_difficulty, image_statistics
+
+logger = logging.getLogger(__name__)
+
+CONTINUOUS_FEATURES: tuple[str, ...] = ("difficulty", *STAT_NAMES)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("condition",)
+
+
+class DriftError(TailcalError):
+    """Drift cannot be judged (too few samples, no common features)."""
+
+
+@dataclass
+class FeatureSample:
+    """Per-image features of one sample: continuous values and categorical tags, aligned by row."""
+
+    ids: list[str] = field(default_factory=list)
+    continuous: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in CONTINUOUS_FEATURES})
+    categorical: dict[str, list[str]] = field(default_factory=lambda: {name: [] for name in CATEGORICAL_FEATURES})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, image_id: str, image: np.ndarray, condition: str | None) -> None:
+        features = image_features(image)
+        self.ids.append(image_id)
+        for name in CONTINUOUS_FEATURES:
+            self.continuous[name].append(features[name])
+        self.categorical["condition"].append(condition or "unknown")
+
+
+def image_features(image: np.ndarray) -> dict[str, float]:
+    """uint8 RGB → the continuous drift features (difficulty + image statistics)."""
+    return {"difficulty": estimate_difficulty(image).difficulty, **image_statistics(image)}
+
+
+def sample_features(batches: Iterable[list[Candidate]], keep: set[str] | None = None) -> FeatureSample:
+    """Features of every candidate (or only those whose id is in `keep`) streamed from ingest."""
+    sample = FeatureSample()
+    for batch in batches:
+        for candidate in batch:
+            if keep is None or candidate.id in keep:
+                sample.add(candidate.id, decode_image(candidate.image), candidate.condition)
+    return sample
+
+
+@dataclass(frozen=True)
+class FeaturePsi:
+    """PSI of one feature, with the bins and both proportions (for the report and plots)."""
+
+    name: str
+    kind: str  # "continuous" | "categorical"
+    psi: float
+    bins: list[str]
+    reference: list[float]
+    production: list[float]
+
+
+def _psi(reference_counts: np.ndarray, production_counts: np.ndarray, epsilon: float) -> tuple[float, list, list]:
+    q = np.maximum(reference_counts / max(reference_counts.sum(), 1), epsilon)
+    p = np.maximum(production_counts / max(production_counts.sum(), 1), epsilon)
+    q, p = q / q.sum(), p / p.sum()
+    return float(np.sum((p - q) * np.log(p / q))), q.tolist(), p.tolist()
+
+
+def quantile_edges(reference: np.ndarray, bins: int) -> np.ndarray:
+    """Inner bin edges at the reference's quantiles; ties collapse (a constant feature gives one edge)."""
+    return np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def psi_continuous(
+    name: str, reference: Iterable[float], production: Iterable[float], bins: int = 10, epsilon: float = 1e-4
+) -> FeaturePsi:
+    """PSI over `bins` reference-quantile bins (open-ended at both sides, so nothing falls outside)."""
+    ref, prod = np.asarray(list(reference), np.float64), np.asarray(list(production), np.float64)
+    edges = quantile_edges(ref, bins)
+    n_bins = len(edges) + 1
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=n_bins)
+    prod_counts = np.bincount(np.searchsorted(edges, prod, side="right"), minlength=n_bins)
+    psi, q, p = _psi(ref_counts.astype(np.float64), prod_counts.astype(np.float64), epsilon)
+    labels = [f"<{edges[0]:.4g}"] if len(edges) else ["all"]
+    labels += [f"[{lo:.4g},{hi:.4g})" for lo, hi in itertools.pairwise(edges)]
+    labels += [f">={edges[-1]:.4g}"] if len(edges) else []
+    return FeaturePsi(name, "continuous", psi, labels, q, p)
+
+
+def psi_categorical(
+    name: str, reference: Iterable[str], production: Iterable[str], epsilon: float = 1e-4
+) -> FeaturePsi:
+    """PSI over the union of categories; a category new in production counts against the reference's epsilon."""
+    ref, prod = Counter(reference), Counter(production)
+    categories = sorted(set(ref) | set(prod))
+    psi, q, p = _psi(
+        np.array([ref[c] for c in categories], np.float64), np.array([prod[c] for c in categories], np.float64), epsilon
+    )
+    return FeaturePsi(name, "categorical", psi, categories, q, p)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """PSI per feature and the verdict: recalibrate when any feature exceeds the threshold."""
+
+    features: dict[str, FeaturePsi]
+    threshold: float
+    n_reference: int
+    n_production: int
+
+    @property
+    def drifted(self) -> tuple[str, ...]:
+        return tuple(name for name, f in self.features.items() if f.psi > self.threshold)
+
+    @property
+    def recalibrate(self) -> bool:
+        return bool(self.drifted)
+
+    @property
+    def max_psi(self) -> float:
+        return max(f.psi for f in self.features.values())
+
+    def metrics(self) -> dict[str, float]:
+        """`drift.psi.<feature>`, `drift.psi_max`, `drift.recalibrate` (0/1) and sample sizes, for MLflow."""
+        metrics = {f"drift.psi.{name}": f.psi for name, f in self.features.items()}
+        return metrics | {
+            "drift.psi_max": self.max_psi,
+            "drift.recalibrate": float(self.recalibrate),
+            "drift.n_reference": float(self.n_reference),
+            "drift.n_production": float(self.n_production),
+        }
+
+    def as_dict(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "recalibrate": self.recalibrate,
+            "drifted": list(self.drifted),
+            "n_reference": self.n_reference,
+            "n_production": self.n_production,
+            "features": {name: asdict(f) for name, f in self.features.items()},
+        }
+
+
+def compare_samples(reference: FeatureSample, production: FeatureSample, config: DriftConfig) -> DriftReport:
+    """PSI of every feature, production vs reference (the calibration set)."""
+    for label, sample in (("reference (calibration set)", reference), ("production sample", production)):
+        if len(sample) < config.min_samples:
+            raise DriftError(
+                f"{label} has {len(sample)} images, fewer than drift.min_samples={config.min_samples}: "
+                "widen the sample (drift.production_subset_size) or lower min_samples"
+            )
+    features = {
+        name: psi_continuous(name, reference.continuous[name], production.continuous[name], config.bins, config.epsilon)
+        for name in CONTINUOUS_FEATURES
+    }
+    for name in CATEGORICAL_FEATURES:
+        # Untagged on both sides says nothing; a one-sided "unknown" is itself a shift.
+        if set(reference.categorical[name]) | set(production.categorical[name]) != {"unknown"}:
+            features[name] = psi_categorical(
+                name, reference.categorical[name], production.categorical[name], config.epsilon
+            )
+    report = DriftReport(features, config.psi_threshold, len(reference), len(production))
+    logger.info(
+        "drift: max PSI %.3f (%s), recalibrate=%s",
+        report.max_psi,
+        ", ".join(f"{n}={f.psi:.3f}" for n, f in features.items()),
+        report.recalibrate,
+    )
+    return report

@@ -1,0 +1,3 @@
+from tasks.serving.server import main
+
+main()

@@ -1,0 +1,123 @@
+"""One OpenVINO engine per precision tier, and how the tiers' IRs are found on disk.
+
+Each engine holds a small pool of infer requests so concurrent HTTP requests run in
+parallel without sharing one request (an `InferRequest` is not thread-safe). Pre- and
+post-processing are the shared ones of `tasks.detection`, so the tiers differ only by
+their IR.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from tasks.config import ServingConfig
+from tasks.detection.postprocess import Detections, decode_batch, preprocess
+from tasks.errors import TailcalError
+
+logger = logging.getLogger(__name__)
+
+# File names a release cycle writes (quantize.py, detector.py); the mixed tier is optional.
+IR_FILE_NAMES: dict[str, str] = {
+    "int8": "detector_int8.xml",
+    "mixed": "detector_int8_ac.xml",
+    "fp16": "detector_fp16.xml",
+}
+
+
+class ServingError(TailcalError):
+    """The service cannot start as configured (missing IRs, unreadable model)."""
+
+
+class Engine(Protocol):
+    """What the app needs from a tier: detections for one image and its input size."""
+
+    input_size: int
+
+    def infer(self, image: np.ndarray) -> Detections: ...
+
+
+@dataclass(frozen=True)
+class TierPaths:
+    """IR path per tier; only the tiers found are present."""
+
+    paths: dict[str, Path]
+
+
+def resolve_tier_paths(config: ServingConfig) -> TierPaths:
+    """Tier IRs from explicit paths, else from `ir_dir` by the release cycle's file names."""
+    explicit = {"int8": config.int8_ir, "mixed": config.mixed_ir, "fp16": config.fp16_ir}
+    paths: dict[str, Path] = {}
+    for tier, name in IR_FILE_NAMES.items():
+        path = explicit[tier] or (config.ir_dir / name if config.ir_dir else None)
+        if path is None:
+            continue
+        if path.exists():
+            paths[tier] = path
+        elif explicit[tier] is not None:
+            raise ServingError(f"{tier} IR {path} does not exist: point serving.{tier}_ir at an .xml file")
+    if not paths:
+        where = config.ir_dir or "serving.int8_ir / serving.fp16_ir"
+        raise ServingError(
+            f"no tier IR found in {where}: give a release cycle's ir/ directory "
+            "(e.g. data/demo/mlartifacts/<run_id>/artifacts/ir) or explicit IR paths"
+        )
+    return TierPaths(paths)
+
+
+class OpenVinoEngine:
+    """A compiled IR with `requests` infer requests shared by the service's worker threads."""
+
+    def __init__(self, ir_path: Path, requests: int = 2, threads: int | None = None) -> None:
+        from tasks.detection.runtime import compile_ir
+
+        try:
+            self.compiled = compile_ir(ir_path, hint="LATENCY", threads=threads)
+        except RuntimeError as exc:
+            raise ServingError(f"cannot compile {ir_path}: {exc}") from exc
+        self.ir_path = ir_path
+        self.input_size = int(self.compiled.inputs[0].get_partial_shape()[2].get_length())
+        self._requests: queue.Queue = queue.Queue()
+        for _ in range(requests):
+            self._requests.put(self.compiled.create_infer_request())
+
+    def infer(self, image: np.ndarray) -> Detections:
+        if image.shape[:2] != (self.input_size, self.input_size):
+            raise ValueError(f"image is {image.shape[1]}×{image.shape[0]}, the detector takes {self.input_size} px")
+        request = self._requests.get()
+        try:
+            result = request.infer(preprocess([image]))
+            heads = [np.copy(result[output]) for output in self.compiled.outputs]
+        finally:
+            self._requests.put(request)
+        return decode_batch(*heads, self.input_size)[0]
+
+
+def load_engines(config: ServingConfig) -> dict[str, OpenVinoEngine]:
+    """Compile every tier IR found; fails naming the IR that does not load."""
+    engines = {}
+    for tier, path in resolve_tier_paths(config).paths.items():
+        engines[tier] = OpenVinoEngine(path, config.infer_requests_per_tier, config.threads_per_request)
+        logger.info("tier %s: %s (%d px)", tier, path, engines[tier].input_size)
+    return engines
+
+
+def warm_up(engines: dict[str, Engine], iterations: int) -> dict[str, float]:
+    """Median service time (ms) per tier on a mid-gray frame: the seed of the latency EWMA."""
+    seeds = {}
+    for tier, engine in engines.items():
+        frame = np.full((engine.input_size, engine.input_size, 3), 128, np.uint8)
+        timings = []
+        for _ in range(iterations + 1):
+            started = time.perf_counter()
+            engine.infer(frame)
+            timings.append((time.perf_counter() - started) * 1e3)
+        seeds[tier] = float(np.median(timings[1:]))
+        logger.info("warm-up %s: %.2f ms", tier, seeds[tier])
+    return seeds
