@@ -78,6 +78,10 @@ def test_three_processes_never_overspend_one_key_and_the_cap_binds_tightly(
     spent, reserved, calls = int(ledger[b"spent"]), int(ledger[b"reserved"]), int(ledger[b"calls"])
     paid = [r for r in records if r["status"] == "scored"]
     statuses = Counter(r["status"] for r in records)
+    print(
+        f"budget race: {PROCESSES} processes, {dict(statuses)}, spent €{spent / NANO:.6f} of cap €{CAP_EUR}, "
+        f"ledger calls {calls}, answered {server.stats['ok']}, reserved {reserved} nEUR"
+    )
     # then every candidate is accounted for and the cap was reached
     assert len(records) == PROCESSES * PER_PROCESS, f"{len(records)} records for {PROCESSES * PER_PROCESS} candidates"
     assert set(statuses) <= {"scored", "unscored"} and statuses["unscored"] > 0, f"the cap binds: {dict(statuses)}"

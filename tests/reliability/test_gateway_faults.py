@@ -72,6 +72,10 @@ def test_faulty_gateway_accounts_for_every_candidate_within_retry_cap_and_budget
     finally:
         server.stop()
 
+    print(
+        f"gateway faults: {dict(Counter(r.status for r in records))} of {CANDIDATES}×{PASSES} in {wall_s:.0f} s; "
+        f"server {dict(server.stats)}; spent €{session.ledger.state().spent_eur:.6f} of cap €{CAP_EUR}"
+    )
     # then every candidate × pass has exactly one record: scored, or failed with a reason
     statuses = Counter(r.status for r in records)
     keys = Counter((r.id, r.pass_index) for r in records)
