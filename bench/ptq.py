@@ -4,7 +4,8 @@
 
 Prints PTQ wall time (goal ≤ 120 s at K=512), INT8/FP16 throughput (goal ≥ 1.5×), both
 mAPs and the gap, and the worst-clipping layers. Calibration images are the first K of
-the train split (never the eval split).
+the detector's train split when `flows.train_detector` made one, else of the demo pool;
+never the eval split. `make demo` generates the demo pool and eval split.
 """
 
 from __future__ import annotations
@@ -19,12 +20,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def calibration_images(calib_dir: Path, calib_pool: Path, k: int) -> list[bytes]:
+    if (calib_dir / "annotations.json").exists():
+        records = json.loads((calib_dir / "annotations.json").read_text())["images"][:k]
+        return [(calib_dir / "images" / r["file_name"]).read_bytes() for r in records]
+    if not calib_pool.exists():
+        sys.exit(f"no calibration images: neither {calib_dir}/annotations.json nor {calib_pool}; run `make demo` first")
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(calib_pool, format="parquet").head(k, columns=["image"])
+    print(f"calibration: first {table.num_rows} images of {calib_pool}")
+    return table.column("image").to_pylist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=512)
     parser.add_argument("--checkpoint", default="models/demo_detector.pt")
-    parser.add_argument("--calib-dir", type=Path, default=Path("data/detector-train"))
-    parser.add_argument("--eval-dir", type=Path, default=Path("data/detector-eval"))
+    parser.add_argument("--calib-dir", type=Path, default=Path("data/detector-train"), help="COCO split, if present")
+    parser.add_argument("--calib-pool", type=Path, default=Path("data/demo/pool"), help="else this pool's Parquet")
+    parser.add_argument("--eval-dir", type=Path, default=Path("data/demo/eval"))
     parser.add_argument("--preset", default="performance", choices=["performance", "mixed"])
     parser.add_argument(
         "--range-estimator", default="MEAN_MINMAX", choices=["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
@@ -34,6 +49,8 @@ def main() -> None:
     parser.add_argument("--clipping-images", type=int, default=64)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
+    if not (args.eval_dir / "annotations.json").exists():
+        sys.exit(f"no eval split at {args.eval_dir}: run `make demo` first (it writes data/demo) or pass --eval-dir")
 
     import torch
 
@@ -47,8 +64,7 @@ def main() -> None:
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="tailcal-ptq-"))
     model = build_detector(DetectorConfig(checkpoint=args.checkpoint))
     exported = export_ir(model, out_dir, input_size=192)
-    records = json.loads((args.calib_dir / "annotations.json").read_text())["images"][: args.k]
-    calibration = [(args.calib_dir / "images" / r["file_name"]).read_bytes() for r in records]
+    calibration = calibration_images(args.calib_dir, args.calib_pool, args.k)
 
     started = time.perf_counter()
     quantized = quantize_ir(exported.xml_path, calibration, args.preset, args.range_estimator, out_dir)
