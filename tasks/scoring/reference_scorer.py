@@ -24,10 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
+
+from tasks.loopback import LoopbackServer
 
 IMAGE_TILE = 512  # OpenAI-style vision accounting: 85 base tokens + 170 per 512-px tile
 
@@ -200,50 +201,20 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
     return app
 
 
-class ReferenceScorer:
-    """Runs the scorer in a background thread on 127.0.0.1 (an ephemeral port by default)."""
+class ReferenceScorer(LoopbackServer):
+    """Runs the scorer in a background thread on 127.0.0.1 (an ephemeral port by default).
+    `stats` counts requests by outcome; `answered` lists the (image, seed) pairs billed."""
 
     def __init__(self, settings: ScorerSettings | None = None, port: int = 0) -> None:
         self.settings = settings or ScorerSettings()
         self.stats: Counter = Counter()
         self.answered: list[tuple[str, int]] = []
-        config = uvicorn.Config(
-            create_app(self.settings, self.stats, self.answered),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="reference-scorer", daemon=True)
-
-    def __enter__(self) -> ReferenceScorer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the reference scorer did not start on 127.0.0.1")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-    @property
-    def port(self) -> int:
-        return self._server.servers[0].sockets[0].getsockname()[1]
+        app = create_app(self.settings, self.stats, self.answered)
+        super().__init__(app, "reference scorer", port, timeout_keep_alive=30)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{super().base_url}/v1"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
-import time
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
 from tasks.config import ServingConfig, load_config
+from tasks.loopback import LoopbackServer
 from tasks.serving.app import create_app
 from tasks.serving.engines import load_engines, warm_up
 
@@ -35,37 +34,11 @@ def build_app(config: ServingConfig) -> FastAPI:
     return create_app(engines, config, warm_up(engines, config.warmup_requests))
 
 
-class BackgroundServer:
-    """uvicorn on 127.0.0.1 in a daemon thread (an ephemeral port by default)."""
+class BackgroundServer(LoopbackServer):
+    """The inference service on 127.0.0.1 in a daemon thread (an ephemeral port by default)."""
 
     def __init__(self, app: FastAPI, port: int = 0) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="tailcal-serving", daemon=True)
-
-    def __enter__(self) -> BackgroundServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the inference service did not start on 127.0.0.1")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-    @property
-    def base_url(self) -> str:
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        super().__init__(app, "inference service", port)
 
 
 def _tier_path(text: str) -> tuple[str, Path]:

@@ -1,0 +1,48 @@
+"""An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread: the reference scorer and
+the inference service both run this way in tests, benches and the embedded default."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+
+class LoopbackServer:
+    """uvicorn on 127.0.0.1 (an ephemeral port by default); a context manager."""
+
+    def __init__(self, app, name: str, port: int = 0, **uvicorn_options) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **uvicorn_options
+        )
+        self.name = name
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the {self.name} did not start on 127.0.0.1")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
