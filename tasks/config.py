@@ -86,7 +86,7 @@ class GatewayConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0.0)
     max_retries: int = Field(3, ge=0, le=10)
     max_image_side: int = Field(512, ge=32, le=4096)
-    concurrency: int = Field(32, ge=1, le=1024)
+    concurrency: int = Field(32, ge=1, le=1024, description="Calls in flight per process, shared by its shards.")
     rpm: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +26,7 @@ import numpy as np
 import openai
 import redis
 
-from tasks.config import TailcalConfig
+from tasks.config import GatewayConfig, TailcalConfig
 from tasks.errors import ServiceError
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
@@ -156,14 +157,19 @@ def _background_loop() -> _BackgroundLoop:
 
 
 async def score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
-    hashes = [phash64(candidate.image) for candidate in candidates]
+    # Image work (decode, pHash, resize, JPEG, base64) runs in worker threads, where PIL
+    # releases the GIL: done inline it stalls the loop, and every reply already in flight
+    # (this shard's and the other shards') waits behind it. Measured in bench/scoring.py (a).
+    hashes = await asyncio.to_thread(lambda: [phash64(candidate.image) for candidate in candidates])
     leaders, followers = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
-    semaphore = asyncio.Semaphore(session.config.gateway.concurrency)
+    semaphore = _call_slots(session.config.gateway)
     prepared: dict[int, PreparedImage] = {}
 
     async def call(index: int, pass_index: int) -> ScoreRecord:
         if index not in prepared:  # only cache misses pay for the resize + base64 data URI
-            prepared[index] = prepare_image(candidates[index].image, session.config.gateway.max_image_side)
+            prepared[index] = await asyncio.to_thread(
+                prepare_image, candidates[index].image, session.config.gateway.max_image_side
+            )
         async with semaphore:
             return await _call(session, candidates[index].id, hashes[index], prepared[index], pass_index)
 
@@ -185,6 +191,22 @@ async def score_shard_async(session: ScoringSession, candidates: Sequence[Scorab
             by_index.update(zip(misses, results, strict=True))
         records.extend(by_index[i] for i in range(len(candidates)))
     return records
+
+
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _call_slots(gateway: GatewayConfig) -> asyncio.Semaphore:
+    """The process's bound on calls in flight to one gateway, shared by every shard on this
+    loop: `gateway.concurrency` is what the gateway sees however many shards run at once,
+    and a shard's start (hashing, look-ups) and tail overlap the other shards' calls."""
+    per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
+    key = (gateway.url, gateway.concurrency)
+    if key not in per_loop:
+        per_loop[key] = asyncio.Semaphore(gateway.concurrency)
+    return per_loop[key]
 
 
 def _lookup(

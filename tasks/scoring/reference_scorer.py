@@ -121,8 +121,9 @@ def _completion(model: str, content: str, prompt_tokens: int) -> dict:
 
 
 def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]]) -> FastAPI:
-    """The ASGI app. `stats` counts requests by outcome; `answered` lists (image sha256[:16],
-    seed) for every completion returned, i.e. every call a real provider would bill."""
+    """The ASGI app. `stats` counts requests by outcome (plus `in_flight` and its
+    `peak_in_flight`); `answered` lists (image sha256[:16], seed) for every completion
+    returned, i.e. every call a real provider would bill."""
     app = FastAPI(title="tailcal reference scorer (not a VLM)")
     faults = settings.faults
     draw = random.Random(faults.seed)
@@ -134,6 +135,16 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        with lock:
+            stats["in_flight"] += 1
+            stats["peak_in_flight"] = max(stats["peak_in_flight"], stats["in_flight"])
+        try:
+            return await answer(request)
+        finally:
+            with lock:
+                stats["in_flight"] -= 1
+
+    async def answer(request: Request):
         body = await request.json()
         with lock:
             stats["requests"] += 1

@@ -311,3 +311,29 @@ def test_a_retried_settlement_books_its_cost_once(redis_client):
     assert ledger.reserve(0.01) is Reservation.GRANTED, "second reservation"
     ledger.settle(0.01, 0.002, token="t-2")
     assert ledger.state().calls == 2 and abs(ledger.state().spent_eur - 0.006) < 1e-12, "t-2 is a new settlement"
+
+
+def test_shards_scored_at_once_share_the_concurrency_bound(redis_client, pool_dir):
+    # given two shards scored at once from two threads, as the flow's task runner does,
+    # against a scorer that holds every reply for 100 ms
+    config = scoring_config(gateway={"concurrency": 4})
+    server = start_scorer(ScorerSettings(latency_s=0.1))
+    shards = [rows(pool_dir, 0, 40), rows(pool_dir, 100, 40)]
+    try:
+        sessions = [session_for(config, redis_client, server) for _ in shards]
+        results: list = [None, None]
+
+        def score(index: int) -> None:
+            results[index] = score_shard(sessions[index], shards[index])
+
+        threads = [threading.Thread(target=score, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.stop()
+    # then the gateway never sees more than gateway.concurrency calls at once, and sees that many
+    assert all(len(r) == 40 for r in results), "both shards finished"
+    assert server.stats["requests"] > 8, f"enough calls to fill the slots: {server.stats['requests']}"
+    assert server.stats["peak_in_flight"] == 4, f"peak in flight {server.stats['peak_in_flight']}, bound 4"
