@@ -4,26 +4,43 @@ Before a call, its worst-case cost is reserved atomically (Lua); after it, the a
 is settled and the reservation released. Amounts are integer nano-euros so the ledger is
 exact. The ledger is keyed by a hash of the virtual key, never by the key itself.
 litellm's BudgetManager is file-based and not concurrency-safe, hence this module.
+
+Each reservation is a lease named by the caller's token: retrying a reserve or a settle
+with the same token (a reply lost to a Redis restart) books nothing twice, and a process
+that dies mid-call does not hold its reservations forever: they expire after `lease_s`
+(longer than any call can take), so the next run is not left waiting on a dead process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import dataclass
 from enum import Enum
 
 import redis
 
-from tasks.errors import BudgetExhausted
-
 NANO = 1_000_000_000
 KEY_PREFIX = "tailcal:budget"
 SETTLED_PREFIX = "tailcal:settled"  # settlement tokens (1 h), apart from the ledgers
+LEASE_PREFIX = "tailcal:leases"  # open reservations: expiry and amount per token
+DEFAULT_LEASE_S = 600.0
 
-# Returns 1 when reserved; 0 when the cap is reached for good (settled spend alone leaves
-# no room); -1 when only in-flight reservations block it (the caller may wait and retry).
+# Purges expired leases (a dead process's reservations), then reserves under the caller's
+# token. Returns 1 when reserved (or already reserved under this token); 0 when the cap is
+# reached for good (settled spend alone leaves no room); -1 when only in-flight
+# reservations block it (the caller may wait and retry).
+# KEYS: ledger hash, lease expiries (zset token → ms), lease amounts (hash token → nano).
 _RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, token in ipairs(expired) do
+  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(redis.call('HGET', KEYS[3], token) or '0'))
+  redis.call('HDEL', KEYS[3], token)
+  redis.call('HINCRBY', KEYS[1], 'expired_leases', 1)
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 1 end
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
 local amount = tonumber(ARGV[1])
@@ -31,20 +48,28 @@ local cap = tonumber(ARGV[2])
 if spent + amount > cap then return 0 end
 if spent + reserved + amount > cap then return -1 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], amount)
 return 1
 """
 
-# Releases the reservation, books the actual cost, and fires the alert exactly once. KEYS[2]
-# is the settlement's token: a retry after a lost reply (Redis restarting) books nothing twice.
+# Releases the token's lease (unless it already expired), books the actual cost, and fires
+# the alert exactly once. KEYS[2] marks the token settled: a retry books nothing twice.
+# KEYS: ledger hash, settled marker, lease expiries, lease amounts.
 _SETTLE = """
 if not redis.call('SET', KEYS[2], 1, 'NX', 'EX', 3600) then
   return {tonumber(redis.call('HGET', KEYS[1], 'spent') or '0'), 0}
 end
-redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
-local spent = redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[2]))
+local amount = redis.call('HGET', KEYS[4], ARGV[3])
+if amount then
+  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(amount))
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+local spent = redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[1], 'calls', 1)
 local fired = 0
-if spent >= tonumber(ARGV[3]) and redis.call('HSETNX', KEYS[1], 'alerted', 1) == 1 then fired = 1 end
+if spent >= tonumber(ARGV[2]) and redis.call('HSETNX', KEYS[1], 'alerted', 1) == 1 then fired = 1 end
 return {spent, fired}
 """
 
@@ -81,35 +106,38 @@ def to_nano(eur: float) -> int:
 class BudgetLedger:
     """Reserve/settle against one virtual key's cap."""
 
-    def __init__(self, client: redis.Redis, virtual_key: str, cap_eur: float, alert_fraction: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        virtual_key: str,
+        cap_eur: float,
+        alert_fraction: float,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
         self._client = client
         self._id = ledger_id(virtual_key)
         self.key = f"{KEY_PREFIX}:{self._id}"
+        self._leases = f"{LEASE_PREFIX}:{self._id}"
+        self._amounts = f"{LEASE_PREFIX}:{self._id}:amounts"
         self.cap_eur = cap_eur
         self._cap = to_nano(cap_eur)
         self._alert_at = to_nano(cap_eur * alert_fraction)
+        self._lease_ms = round(lease_s * 1000)
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
 
-    def reserve(self, worst_case_eur: float) -> Reservation:
-        """Try to reserve a call's worst-case cost."""
-        return Reservation(int(self._reserve(keys=[self.key], args=[to_nano(worst_case_eur), self._cap])))
-
-    def reserve_or_raise(self, worst_case_eur: float) -> None:
-        if self.reserve(worst_case_eur) is not Reservation.GRANTED:
-            raise BudgetExhausted(
-                f"budget cap €{self.cap_eur:.2f} reached for this virtual key: raise budget.cap_eur, "
-                "or set budget.on_exhausted to cached_only / fallback_model"
-            )
-
-    def settle(self, reserved_eur: float, actual_eur: float, token: str | None = None) -> Settlement:
-        """Release the reservation and book the actual cost (0 for a call that failed unpaid).
-
-        Calls with the same `token` book once: pass one when the settlement may be retried."""
-        token_key = f"{SETTLED_PREFIX}:{self._id}:{token or uuid.uuid4().hex}"
-        spent, fired = self._settle(
-            keys=[self.key, token_key], args=[to_nano(reserved_eur), to_nano(actual_eur), self._alert_at]
+    def reserve(self, worst_case_eur: float, token: str) -> Reservation:
+        """Try to reserve a call's worst-case cost under `token` (unique per call attempt)."""
+        keys = [self.key, self._leases, self._amounts]
+        return Reservation(
+            int(self._reserve(keys=keys, args=[to_nano(worst_case_eur), self._cap, token, self._lease_ms]))
         )
+
+    def settle(self, token: str, actual_eur: float) -> Settlement:
+        """Release `token`'s reservation and book the actual cost (0 for a call that failed
+        unpaid). Settling the same token again books nothing."""
+        keys = [self.key, f"{SETTLED_PREFIX}:{self._id}:{token}", self._leases, self._amounts]
+        spent, fired = self._settle(keys=keys, args=[to_nano(actual_eur), self._alert_at, token])
         return Settlement(spent_eur=int(spent) / NANO, alert_fired=bool(fired))
 
     def state(self) -> LedgerState:

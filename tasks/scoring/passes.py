@@ -111,7 +111,9 @@ def open_session(
     gateway = GatewayClient(config.gateway, api_base, api_key, template)
     litellm.callbacks = [cb for cb in litellm.callbacks if not isinstance(cb, AttemptLogger)]
     litellm.callbacks.append(AttemptLogger(metrics))
-    ledger = BudgetLedger(client, api_key, config.budget.cap_eur, config.budget.alert_fraction)
+    # A lease outlives the longest call: every attempt timing out, plus room for Retry-After waits.
+    lease_s = 2 * config.gateway.timeout_s * (config.gateway.max_retries + 1) + 60
+    ledger = BudgetLedger(client, api_key, config.budget.cap_eur, config.budget.alert_fraction, lease_s)
     label = ledger_id(api_key)
     return ScoringSession(
         config=config,
@@ -272,7 +274,8 @@ async def _call(
     while attempts < REPLY_ATTEMPTS:
         model = models[model_index]
         worst = session.gateway.worst_case_cost(model, image)
-        reservation = await _reserve(session, worst)
+        token = uuid.uuid4().hex  # names this attempt's reservation and settlement, retries included
+        reservation = await _reserve(session, worst, token)
         if reservation is Reservation.EXHAUSTED:
             if session.config.budget.on_exhausted == "fallback_model" and model_index + 1 < len(models):
                 model_index += 1  # the cheaper model may still fit what is left
@@ -289,13 +292,13 @@ async def _call(
         try:
             reply = await session.gateway.score(image, model, seed, session.config.scoring.temperature)
         except PaidReplyError as exc:
-            await _settle(session, worst, exc.cost_eur, exc.model)
+            await _settle(session, token, worst, exc.cost_eur, exc.model)
             paid_invalid_eur += exc.cost_eur
             reason = f"invalid reply: {exc}"
             log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, attempts)
             continue
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
-            await _settle(session, worst, 0.0, model)
+            await _settle(session, token, worst, 0.0, model)
             session.metrics.requests.labels(model=model, outcome="failed").inc()
             return ScoreRecord(
                 candidate_id,
@@ -306,7 +309,7 @@ async def _call(
                 cost_eur=paid_invalid_eur,
                 reason=_describe(exc),
             )
-        await _settle(session, worst, reply.cost_eur, reply.model)
+        await _settle(session, token, worst, reply.cost_eur, reply.model)
         session.metrics.latency.labels(model=reply.model).observe(reply.latency_s)
         cache = session.caches[(reply.model, pass_index)]
         await _ride_out(partial(cache.store, phash, reply.difficulty, reply.factors, reply.model), "caching a score")
@@ -327,21 +330,20 @@ async def _call(
     )
 
 
-async def _reserve(session: ScoringSession, worst_eur: float) -> Reservation:
+async def _reserve(session: ScoringSession, worst_eur: float, token: str) -> Reservation:
     """Reserve, waiting while only in-flight reservations (not settled spend) block the call."""
     while True:
-        reservation = await _ride_out(partial(session.ledger.reserve, worst_eur), "reserving budget")
+        reservation = await _ride_out(partial(session.ledger.reserve, worst_eur, token), "reserving budget")
         if reservation is not Reservation.WAIT:
             return reservation
         await asyncio.sleep(RESERVE_WAIT_S)
 
 
-async def _settle(session: ScoringSession, reserved_eur: float, actual_eur: float, model: str) -> None:
+async def _settle(session: ScoringSession, token: str, reserved_eur: float, actual_eur: float, model: str) -> None:
     if actual_eur > reserved_eur:
         log.warning("call cost €%.6f exceeded its reservation €%.6f (model %s)", actual_eur, reserved_eur, model)
-    token = uuid.uuid4().hex  # the same token on every retry: the cost is booked once
     settlement = await _ride_out(
-        partial(session.ledger.settle, reserved_eur, actual_eur, token), f"settling a €{actual_eur:.6f} call"
+        partial(session.ledger.settle, token, actual_eur), f"settling a €{actual_eur:.6f} call"
     )
     session.metrics.spend_eur.labels(ledger=session.ledger_label, model=model).inc(actual_eur)
     session.metrics.budget_spent_eur.labels(ledger=session.ledger_label).set(settlement.spent_eur)
@@ -362,9 +364,8 @@ async def _settle(session: ScoringSession, reserved_eur: float, actual_eur: floa
 async def _ride_out(operation, doing: str):
     """Run a Redis operation, retrying through a connection outage of up to REDIS_OUTAGE_S.
 
-    Every operation retried here is idempotent (look-ups, cache stores, token-guarded
-    settlements) or harmless to repeat after a refused connection (a reservation that
-    never reached Redis)."""
+    Every operation retried here is idempotent: look-ups, cache stores, and reservations
+    and settlements named by their token."""
     deadline = time.monotonic() + REDIS_OUTAGE_S
     delay = 0.1
     while True:

@@ -41,9 +41,9 @@ class SpyLedger(BudgetLedger):
 
     settled_nano: list[int]
 
-    def settle(self, reserved_eur: float, actual_eur: float, token: str | None = None):
+    def settle(self, token: str, actual_eur: float):
         self.settled_nano.append(to_nano(actual_eur))
-        return super().settle(reserved_eur, actual_eur, token)
+        return super().settle(token, actual_eur)
 
 
 @pytest.mark.slow

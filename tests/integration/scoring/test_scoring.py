@@ -299,18 +299,38 @@ def test_rerun_after_kill_9_pays_nothing_for_already_scored_candidates(redis_url
     assert namespace(load_template("difficulty-v1"), "reference-vlm", 0) in cache.namespace_prefix, "namespace layout"
 
 
-def test_a_retried_settlement_books_its_cost_once(redis_client):
-    # given a reservation whose settlement is sent twice with one token (a reply lost to a Redis restart)
+def test_a_retried_reservation_and_settlement_book_once(redis_client):
+    # given a reservation and its settlement each sent twice with one token (replies lost to a Redis restart)
     ledger = BudgetLedger(redis_client, "token-key", cap_eur=1.0, alert_fraction=0.8)
-    assert ledger.reserve(0.01) is Reservation.GRANTED, "reservation granted"
-    ledger.settle(0.01, 0.004, token="t-1")
-    ledger.settle(0.01, 0.004, token="t-1")
+    assert ledger.reserve(0.01, "t-1") is Reservation.GRANTED, "reservation granted"
+    assert ledger.reserve(0.01, "t-1") is Reservation.GRANTED, "the retry finds it granted"
+    assert ledger.state().reserved_eur == 0.01, f"reserved once: {ledger.state()}"
+    ledger.settle("t-1", 0.004)
+    ledger.settle("t-1", 0.004)
     # then the cost and the release are booked once; a new token books a new settlement
     state = ledger.state()
     assert (state.spent_eur, state.reserved_eur, state.calls) == (0.004, 0.0, 1), f"booked once: {state}"
-    assert ledger.reserve(0.01) is Reservation.GRANTED, "second reservation"
-    ledger.settle(0.01, 0.002, token="t-2")
+    assert ledger.reserve(0.01, "t-2") is Reservation.GRANTED, "second reservation"
+    ledger.settle("t-2", 0.002)
     assert ledger.state().calls == 2 and abs(ledger.state().spent_eur - 0.006) < 1e-12, "t-2 is a new settlement"
+
+
+def test_a_dead_process_reservations_expire_and_free_the_budget(redis_client, scorer, pool_dir):
+    # given a process that reserved most of a small cap and died before settling
+    config = scoring_config(budget={"cap_eur": 0.002})
+    dead = BudgetLedger(redis_client, "test-key", cap_eur=0.002, alert_fraction=0.8, lease_s=1.0)
+    assert dead.reserve(0.0019, "died-mid-call") is Reservation.GRANTED
+    # when a new run scores candidates whose calls fit only once that reservation is gone
+    started = time.monotonic()
+    records = score_shard(session_for(config, redis_client, scorer), rows(pool_dir, 0, 5))
+    # then it waits out the lease instead of hanging, and the ledger is exact again
+    assert {r.status for r in records} <= {"scored", "cached"}, (
+        f"scored after the lease: {Counter(r.status for r in records)}"
+    )
+    assert time.monotonic() - started >= 0.5, "it did wait for the dead reservation"
+    state = dead.state()
+    assert state.reserved_eur == 0.0 and state.spent_eur <= 0.002, f"expired lease released: {state}"
+    assert int(redis_client.hget(dead.key, "expired_leases")) == 1, "the expiry is recorded on the ledger"
 
 
 def test_shards_scored_at_once_share_the_concurrency_bound(redis_client, pool_dir):
