@@ -94,7 +94,8 @@ def start_scorer(latency: float) -> tuple[subprocess.Popen, str]:
 
 def run_shards(session, rows: list[Row]) -> tuple[list, float]:
     """Shards of SHARD candidates, two at a time from two threads, as the flow's task runner
-    runs them; both share the process's gateway.concurrency bound."""
+    runs them. One session serves both (the flow opens one per shard); either way the
+    shards share the process's gateway.concurrency bound and the Redis rpm limit."""
     start = time.perf_counter()
     shards = [rows[offset : offset + SHARD] for offset in range(0, len(rows), SHARD)]
     with ThreadPoolExecutor(max_workers=SHARDS_AT_ONCE) as pool:

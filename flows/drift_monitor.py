@@ -59,7 +59,8 @@ def resolve_reference(
     elif reference_run_id:
         path = config.data_dir / "runs" / reference_run_id / name
     else:
-        runs = list((config.data_dir / "runs").glob(f"*/{name}"))
+        # Release runs end by writing report.md; ablation runs also leave a scores.parquet.
+        runs = [p for p in (config.data_dir / "runs").glob(f"*/{name}") if (p.parent / "report.md").exists()]
         if not runs:
             raise ConfigError(
                 f"no release run under {config.data_dir / 'runs'} has a {name}: run the release cycle first, "

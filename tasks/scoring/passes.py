@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -134,12 +133,14 @@ def score_shard(session: ScoringSession, candidates: Sequence[ScorableCandidate]
     logging worker and HTTP clients to the loop they were first used on, so a new loop per
     shard (or per thread) breaks them. Shards from several threads run concurrently on it.
     """
-    return _background_loop().run(score_shard_async(session, candidates))
+    return _background_loop().run(_score_shard_async(session, candidates))
 
 
 class _BackgroundLoop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # (gateway url, concurrency) → the process's bound on calls in flight to that gateway
+        self.call_slots: dict[tuple[str, int], asyncio.Semaphore] = {}
         threading.Thread(target=self.loop.run_forever, name="tailcal-scoring-loop", daemon=True).start()
 
     def run(self, coroutine):
@@ -158,13 +159,13 @@ def _background_loop() -> _BackgroundLoop:
         return _LOOP
 
 
-async def score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
+async def _score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
     # Image work (decode, pHash, resize, JPEG, base64) runs in worker threads, where PIL
     # releases the GIL: done inline it stalls the loop, and every reply already in flight
     # (this shard's and the other shards') waits behind it. Measured in bench/scoring.py (a).
     hashes = await asyncio.to_thread(lambda: [phash64(candidate.image) for candidate in candidates])
     leaders, followers = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
-    semaphore = _call_slots(session.config.gateway)
+    semaphore = _call_slots(session.config.gateway)  # runs on the background loop
     prepared: dict[int, PreparedImage] = {}
 
     async def call(index: int, pass_index: int) -> ScoreRecord:
@@ -195,20 +196,15 @@ async def score_shard_async(session: ScoringSession, candidates: Sequence[Scorab
     return records
 
 
-_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _call_slots(gateway: GatewayConfig) -> asyncio.Semaphore:
-    """The process's bound on calls in flight to one gateway, shared by every shard on this
-    loop: `gateway.concurrency` is what the gateway sees however many shards run at once,
-    and a shard's start (hashing, look-ups) and tail overlap the other shards' calls."""
-    per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
+    """The process's bound on calls in flight to one gateway, shared by every shard (all run
+    on the one background loop): `gateway.concurrency` is what the gateway sees however many
+    shards run at once, and a shard's start (hashing, look-ups) and tail overlap the others'."""
+    slots = _background_loop().call_slots
     key = (gateway.url, gateway.concurrency)
-    if key not in per_loop:
-        per_loop[key] = asyncio.Semaphore(gateway.concurrency)
-    return per_loop[key]
+    if key not in slots:
+        slots[key] = asyncio.Semaphore(gateway.concurrency)
+    return slots[key]
 
 
 def _lookup(

@@ -136,7 +136,6 @@ def create_app(
     router = Router(engines, config, metrics)
     router.seed_latency(latency_seeds or {})
     app = FastAPI(title="tailcal precision-routed detector")
-    app.state.router = router
 
     @app.post("/v1/detect")
     async def detect(request: Request):
@@ -144,8 +143,8 @@ def create_app(
         try:
             priority = _header_number(request, "X-Priority", int)
             max_latency = _header_number(request, "X-Max-Latency-Ms", float)
-            image = _decode(await request.body(), config)
-            served = await run_in_threadpool(router.serve, image, priority, max_latency)
+            body = await request.body()
+            served = await run_in_threadpool(lambda: router.serve(_decode(body, config), priority, max_latency))
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         metrics.request_seconds.labels(served.tier).observe(time.perf_counter() - started)

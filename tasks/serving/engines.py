@@ -81,7 +81,6 @@ class OpenVinoEngine:
             self.compiled = compile_ir(ir_path, hint="LATENCY", threads=threads)
         except RuntimeError as exc:
             raise ServingError(f"cannot compile {ir_path}: {exc}") from exc
-        self.ir_path = ir_path
         self.input_size = int(self.compiled.inputs[0].get_partial_shape()[2].get_length())
         self._requests: queue.Queue = queue.Queue()
         for _ in range(requests):

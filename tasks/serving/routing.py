@@ -8,6 +8,7 @@ into one tier and says why, so every decision can be logged and tested on its ow
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,8 +88,8 @@ def choose_tier(
     """
     if priority is not None and not 1 <= priority <= 10:
         raise RoutingError(f"X-Priority must be 1..10, got {priority}")
-    if max_latency_ms is not None and max_latency_ms <= 0:
-        raise RoutingError(f"X-Max-Latency-Ms must be > 0, got {max_latency_ms}")
+    if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+        raise RoutingError(f"X-Max-Latency-Ms must be a finite number > 0, got {max_latency_ms}")
     if difficulty is not None and not 0.0 <= difficulty <= 1.0:
         raise RoutingError(f"difficulty must be in [0, 1], got {difficulty}")
     latency = dict(tiers_available) if isinstance(tiers_available, Mapping) else dict.fromkeys(tiers_available)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +62,6 @@ def wait_until(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
             return True
         time.sleep(step_s)
     return bool(predicate())
-
-
-@pytest.fixture
-def clean_env(monkeypatch) -> Iterator[None]:
-    """No external Redis/MLflow/Prefect server and no gateway key leak in from the caller."""
-    for name in ("REDIS_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "TAILCAL_GATEWAY_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    yield
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -60,7 +60,6 @@ class Runs:
     cached_at_kill: set[tuple[str, int]]
     paid_at_kill: int
     rerun_answered: list[tuple[str, int]]
-    logs: dict[str, str] = field(default_factory=dict)
 
 
 def _config(data_dir: Path, api_base: str) -> dict:

@@ -149,7 +149,7 @@ def test_drift_monitor_flow_logs_psi_and_verdict_to_mlflow(pool, tmp_path, monke
 
 
 def test_scheduled_monitor_without_a_reference_uses_the_newest_release_run(tmp_path):
-    # given two release runs under data_dir/runs, the newer written last
+    # given two release runs under data_dir/runs, the newer written last, and a newer ablation run
     from flows.drift_monitor import resolve_reference
     from tasks.config import TailcalConfig
 
@@ -163,11 +163,12 @@ def test_scheduled_monitor_without_a_reference_uses_the_newest_release_run(tmp_p
     )
     with pytest.raises(ConfigError, match="run the release cycle first"):
         resolve_reference(config, None, None, "pool")
-    for run_id, mtime in (("old", 1_000), ("new", 2_000)):
+    for run_id, mtime, kind in (("old", 1_000, "release"), ("new", 2_000, "release"), ("ablation", 3_000, "ablation")):
         path = tmp_path / "runs" / run_id / "scores.parquet"
         path.parent.mkdir(parents=True)
         path.write_bytes(b"x")
         os.utime(path, (mtime, mtime))
+        (path.parent / ("report.md" if kind == "release" else "ablation.md")).write_text("x")
     # when no reference is named (as on the schedule), then the newest run's scores.parquet is used
-    assert resolve_reference(config, None, None, "pool").parent.name == "new", "newest release run"
+    assert resolve_reference(config, None, None, "pool").parent.name == "new", "newest release run, not the ablation"
     assert resolve_reference(config, None, "old", "pool").parent.name == "old", "a named run wins"

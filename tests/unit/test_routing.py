@@ -88,7 +88,14 @@ def test_unknown_latency_is_not_a_reason_to_step_down():
 
 @pytest.mark.parametrize(
     ("priority", "max_latency_ms", "difficulty", "tiers"),
-    [(0, None, EASY, ALL), (11, None, EASY, ALL), (5, 0.0, EASY, ALL), (5, None, 1.5, ALL), (5, None, EASY, ())],
+    [
+        (0, None, EASY, ALL),
+        (11, None, EASY, ALL),
+        (5, 0.0, EASY, ALL),
+        (5, float("nan"), EASY, ALL),
+        (5, None, 1.5, ALL),
+        (5, None, EASY, ()),
+    ],
 )
 def test_invalid_inputs_are_refused(priority, max_latency_ms, difficulty, tiers):
     # given an out-of-range header or no tier, when routing, then a RoutingError explains it

@@ -4,6 +4,7 @@ import pytest
 
 from tasks.scoring.gateway import ReplyError, parse_reply
 from tasks.scoring.passes import ScoreRecord, _leaders_first
+from tasks.scoring.ratelimit import LATE_WAKE_S, slot_interval_s
 from tasks.scoring.results import CostForecast, scores_table, summarize
 
 
@@ -81,3 +82,15 @@ def test_forecast_is_candidates_times_passes_times_misses_times_price():
     forecast = CostForecast(candidates=2000, passes=2, expected_hit_rate=0.4, eur_per_call=0.0001)
     assert forecast.calls == 2400 and forecast.eur == pytest.approx(0.24), "2000·2·0.6 calls at €0.0001"
     assert "2000 candidates × 2 passes" in forecast.describe(), forecast.describe()
+
+
+@pytest.mark.parametrize("rpm", [1, 2, 60, 1200, 3000, 100_000])
+def test_late_wakers_never_put_more_than_rpm_sends_in_a_minute(rpm):
+    # exact 60/rpm spacing (the old limiter) fails this: one more send fits a window
+    # given slots at the limiter's spacing, each send as late as a waiter may wake, placed
+    # adversarially (early slots as late as possible, the window right after them)
+    interval = slot_interval_s(rpm)
+    # then the most sends any 60 s window can hold is within the limit
+    most = int((60 + LATE_WAKE_S) / interval + 1e-9) + 1
+    assert most <= rpm, f"rpm {rpm}: a 60 s window can hold {most} sends"
+    assert interval <= 60 / rpm * 1.05 or rpm < 30, f"rpm {rpm}: spacing {interval:.4f} s gives away > 5 % of the rate"
