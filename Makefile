@@ -1,5 +1,6 @@
 # Two set-up commands: `make demo` and `make test`. Both create .venv and install the
-# pinned tree (requirements.lock) when it is missing or older than the lock.
+# pinned tree (requirements.lock) and the `tailcal` command when either is missing or
+# older than the lock or pyproject.toml.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,10 +17,11 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m flows.release_cycle --config $(DEMO_CONFIG)
+	$(BIN)/tailcal run --config $(DEMO_CONFIG)
 
 lint: install
 	$(BIN)/ruff check .
@@ -47,9 +49,9 @@ ui: install
 deploy: install
 	$(BIN)/python -m flows.deploy_local
 
-# A small ablation grid on the demo data (the full grid: python -m flows.ablation).
+# A small ablation grid on the demo data (the full grid: tailcal ablate).
 ablation: install
-	$(BIN)/python -m flows.ablation --config $(DEMO_CONFIG) --strategies random topk hard_tail_mix \
+	$(BIN)/tailcal ablate --config $(DEMO_CONFIG) --strategies random topk hard_tail_mix \
 		--estimators MEAN_MINMAX MINMAX --seeds 0 1 --ks 64
 
 clean:

@@ -52,9 +52,9 @@ def scan(uri: str, batch_rows: int, fetch_concurrency: int) -> dict:
     report = IngestReport()
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    pool = PoolConfig(batch_rows=batch_rows, fetch_concurrency=fetch_concurrency)
+    pool = PoolConfig(uri=uri, batch_rows=batch_rows, fetch_concurrency=fetch_concurrency)
     image_bytes = 0
-    for batch in iter_candidate_batches(uri, pool, RuntimeEnv(), report):
+    for batch in iter_candidate_batches(pool, RuntimeEnv(), report):
         image_bytes += sum(len(c.image) for c in batch)
     elapsed = time.perf_counter() - start
     return {

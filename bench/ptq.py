@@ -4,7 +4,7 @@
 
 Prints PTQ wall time (goal ≤ 120 s at K=512), INT8/FP16 throughput (goal ≥ 1.5×), both
 mAPs and the gap, and the worst-clipping layers. Calibration images are the first K of
-the detector's train split when `flows.train_detector` made one, else of the demo pool;
+the detector's train split when `tailcal train-detector` made one, else of the demo pool;
 never the eval split. `make demo` generates the demo pool and eval split.
 """
 
@@ -54,11 +54,15 @@ def main() -> None:
 
     import torch
 
-    from tasks.config import DetectorConfig
+    from tasks.calibration.clipping import activation_clipping
+    from tasks.calibration.quantize import quantize_ir
+    from tasks.config import DetectorConfig, EvaluationConfig, QuantizationConfig
+    from tasks.detection.export import export_ir
+    from tasks.detection.model import build_detector
+    from tasks.detection.preprocess import preprocess
     from tasks.detection.runtime import compare_speed
-    from tasks.detector import build_detector, export_ir
-    from tasks.evaluate import evaluate_clipping, evaluate_ir, load_eval_split
-    from tasks.quantize import quantize_ir
+    from tasks.evaluation.evaluate import evaluate_ir
+    from tasks.evaluation.split import load_eval_split
 
     torch.set_num_threads(1)
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="tailcal-ptq-"))
@@ -67,17 +71,20 @@ def main() -> None:
     calibration = calibration_images(args.calib_dir, args.calib_pool, args.k)
 
     started = time.perf_counter()
-    quantized = quantize_ir(exported.xml_path, calibration, args.preset, args.range_estimator, out_dir)
+    quantization = QuantizationConfig(preset=args.preset, range_estimator=args.range_estimator)
+    quantized = quantize_ir(exported.xml_path, calibration, quantization, out_dir)
     ptq_wall = time.perf_counter() - started
 
-    fp = evaluate_ir(exported.xml_path, args.eval_dir, latency_iterations=0)
-    int8 = evaluate_ir(quantized.int8_ir_path, args.eval_dir, latency_iterations=0)
-    _, first = load_eval_split(args.eval_dir, limit=1)
+    split = load_eval_split(args.eval_dir)
+    evaluation = EvaluationConfig()
+    fp = evaluate_ir(exported.xml_path, split, evaluation, measure_speed=False)
+    int8 = evaluate_ir(quantized.int8_ir_path, split, evaluation, measure_speed=False)
     speeds = compare_speed(
-        [exported.xml_path, quantized.int8_ir_path], first[0], args.latency_iterations, rounds=args.speed_rounds
+        [exported.xml_path, quantized.int8_ir_path], split.images[0], args.latency_iterations, rounds=args.speed_rounds
     )
     fp_speed, int8_speed = speeds[exported.xml_path], speeds[quantized.int8_ir_path]
-    clipping = evaluate_clipping(quantized.int8_ir_path, exported.xml_path, args.eval_dir, args.clipping_images)
+    inputs = [preprocess([image]) for image in split.head(args.clipping_images).images]
+    clipping = activation_clipping(quantized.int8_ir_path, exported.xml_path, inputs)
 
     ratio = int8_speed.throughput_ips / fp_speed.throughput_ips
     print(f"tailcal PTQ bench — {args.checkpoint}, eval {args.eval_dir} ({fp.images} images), IRs in {out_dir}")

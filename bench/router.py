@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/router.py --images 300 --concurrency 4
 
-Each mode starts the real service (`python -m tasks.serving`) in its own process with
+Each mode starts the real service (`tailcal serve`) in its own process with
 only the tiers it may use, warms it, then sends the first N eval images (the benchmark's
 long-tailed condition mix: ~58 % normal, the rest hard conditions) with a bounded number
 in flight, and stops after N requests or --max-seconds, whichever first. Prints
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,15 +37,10 @@ def newest_release_ir_dir(data_dir: Path) -> Path | None:
     return max(candidates, key=lambda d: (d / "detector_int8.xml").stat().st_mtime, default=None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_service(tiers: dict[str, Path], args, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tasks.serving", "--port", str(port)]
-    command += [f"--tier={name}={path}" for name, path in tiers.items()]
+    command = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)]
+    for name, path in tiers.items():
+        command += [f"--{name}-ir", str(path)]
     command += ["--infer-requests", str(args.infer_requests)]
     if args.threads:
         command += ["--threads", str(args.threads)]
@@ -108,7 +102,7 @@ async def load(base_url: str, bodies: list[bytes], concurrency: int, max_seconds
 
 def served_map(coco: dict, results: dict[int, dict]) -> float:
     from tasks.detection.postprocess import Detections
-    from tasks.evaluate import coco_map
+    from tasks.evaluation.coco import coco_map
 
     subset = dict(coco)
     subset["images"] = [coco["images"][i] for i in sorted(results)]
@@ -126,6 +120,8 @@ def served_map(coco: dict, results: dict[int, dict]) -> float:
 
 
 def measure(mode_tiers: dict[str, Path], args, bodies: list[bytes], coco: dict) -> dict:
+    from tasks.loopback import free_port
+
     port = free_port()
     process = start_service(mode_tiers, args, port)
     try:
@@ -158,7 +154,7 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="YAML whose `serving` section sets the thresholds")
     args = parser.parse_args()
 
-    from tasks.evaluate import load_eval_split
+    from tasks.evaluation.split import load_eval_split
 
     ir_dir = args.ir_dir or newest_release_ir_dir(Path("data/demo"))
     if ir_dir is None:
@@ -166,7 +162,7 @@ def main() -> None:
     tiers = {"int8": ir_dir / "detector_int8.xml", "fp16": ir_dir / "detector_fp16.xml"}
     if (ir_dir / "detector_int8_ac.xml").exists():
         tiers["mixed"] = ir_dir / "detector_int8_ac.xml"
-    coco, _ = load_eval_split(args.eval_dir, args.images)
+    coco = load_eval_split(args.eval_dir, args.images).coco
     bodies = [(args.eval_dir / "images" / img["file_name"]).read_bytes() for img in coco["images"]]
     conditions = Counter(img.get("condition", "unknown") for img in coco["images"])
     print(f"router bench: {len(bodies)} eval images ({dict(conditions.most_common())}), IRs {ir_dir}")

@@ -31,7 +31,7 @@ os.environ.pop("REDIS_URL", None)
 import numpy as np
 import pyarrow.dataset as ds
 
-from tasks.config import RuntimeEnv, SyntheticConfig, TailcalConfig
+from tasks.config import RuntimeEnv, ScoringSetup, SyntheticConfig, TailcalConfig
 from tasks.scoring.cache import phash64
 from tasks.scoring.passes import open_session, score_shard
 from tasks.scoring.prompts import load_template
@@ -55,7 +55,7 @@ def load_rows(pool_dir: Path) -> list[Row]:
     return [Row(i, b) for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True)]
 
 
-def config(concurrency: int, rpm: int | None, passes: int) -> TailcalConfig:
+def setup(concurrency: int, rpm: int | None, passes: int) -> ScoringSetup:
     return TailcalConfig.model_validate(
         {
             "gateway": {
@@ -68,7 +68,11 @@ def config(concurrency: int, rpm: int | None, passes: int) -> TailcalConfig:
             "budget": {"cap_eur": 100.0},
             "scoring": {"passes": passes},
         }
-    )
+    ).scoring_setup
+
+
+def template():
+    return load_template("difficulty-v1", Path(__file__).resolve().parents[1] / "configs" / "prompts")
 
 
 class RecordingLimiter(RateLimiter):
@@ -83,12 +87,16 @@ class RecordingLimiter(RateLimiter):
 
 def start_scorer(latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.scoring.reference_scorer", "--port", "0", "--latency", str(latency)],
+        [sys.executable, "-m", "flows.cli", "reference-scorer", "--port", "0", "--latency-s", str(latency)],
         cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    line = proc.stdout.readline()
+    line = ""
+    while "listening on" not in line:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            raise RuntimeError("the reference scorer exited before it listened")
     return proc, line.strip().rsplit(" ", 1)[-1]
 
 
@@ -105,9 +113,7 @@ def run_shards(session, rows: list[Row]) -> tuple[list, float]:
 
 def throughput(work: Path, rows: list[Row], api_base: str, concurrency: int, rpm: int | None, latency: float) -> None:
     with redis_service(RuntimeEnv(), work / f"valkey-{concurrency}-{rpm}") as redis:
-        session = open_session(
-            config(concurrency, rpm, 1), redis.client, api_base, "bench", load_template("difficulty-v1")
-        )
+        session = open_session(setup(concurrency, rpm, 1), redis.client, api_base, "bench", template())
         limiter = RecordingLimiter(redis.client, "bench", rpm)
         limiter.sends = []
         session.limiter = limiter
@@ -143,9 +149,7 @@ def main() -> None:
             throughput(work, distinct, api_base, concurrency=8, rpm=None, latency=args.latency)
 
             with redis_service(RuntimeEnv(), work / "valkey-hits") as redis:
-                session = open_session(
-                    config(32, None, 1), redis.client, api_base, "bench", load_template("difficulty-v1")
-                )
+                session = open_session(setup(32, None, 1), redis.client, api_base, "bench", template())
                 run_shards(session, distinct)  # fill the cache
                 records, wall = run_shards(session, distinct)
                 hits = sum(r.status == "cached" for r in records)
@@ -164,9 +168,7 @@ def main() -> None:
             )
 
             with redis_service(RuntimeEnv(), work / "valkey-bursty") as redis:
-                session = open_session(
-                    config(32, None, 2), redis.client, api_base, "bench", load_template("difficulty-v1")
-                )
+                session = open_session(setup(32, None, 2), redis.client, api_base, "bench", template())
                 records, _ = run_shards(session, bursty)
             summary = summarize(records, passes=2)
             table = ds.dataset(work / "bursty", format="parquet").to_table(columns=["scene_id"])

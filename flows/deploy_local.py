@@ -2,7 +2,8 @@
 
 Workers refuse the ephemeral API, so deployments need a real server. This starts one on
 127.0.0.1, creates the `tailcal-process` work pool, runs `prefect deploy --all` from the
-checkout and starts a worker; the e2e deployment test uses the same class.
+project directory (the one holding prefect.yaml, the working directory by default) and
+starts a worker; the e2e deployment test uses the same class.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from pathlib import Path
 
 import httpx
 
-CHECKOUT = Path(__file__).resolve().parents[1]
 WORK_POOL = "tailcal-process"
 
 
 class LocalPrefect:
-    def __init__(self, home: Path, port: int = 4200) -> None:
+    def __init__(self, home: Path, port: int = 4200, project: Path | None = None) -> None:
+        project = (project or Path.cwd()).resolve()
+        if not (project / "prefect.yaml").exists():
+            raise FileNotFoundError(
+                f"no prefect.yaml in {project}: run from the tailcal project directory (where prefect.yaml is)"
+            )
+        self.project = project
         self.port = port
         self.api_url = f"http://127.0.0.1:{port}/api"
         self.env = {
@@ -29,7 +35,7 @@ class LocalPrefect:
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "TAILCAL_CHECKOUT": str(CHECKOUT),
+            "TAILCAL_CHECKOUT": str(project),
         }
         self._processes: list[subprocess.Popen] = []
         self._prefect = [sys.executable, "-m", "prefect"]
@@ -48,7 +54,7 @@ class LocalPrefect:
     def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run a prefect CLI command against this server; raises with its output on failure."""
         result = subprocess.run(
-            [*self._prefect, *args], env=self.env, cwd=CHECKOUT, capture_output=True, text=True, timeout=timeout
+            [*self._prefect, *args], env=self.env, cwd=self.project, capture_output=True, text=True, timeout=timeout
         )
         if result.returncode != 0:
             raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -75,7 +81,7 @@ class LocalPrefect:
         log_path = Path(self.env["PREFECT_HOME"]) / log_name
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
-            self._processes.append(subprocess.Popen(command, env=self.env, cwd=CHECKOUT, stdout=log, stderr=log))
+            self._processes.append(subprocess.Popen(command, env=self.env, cwd=self.project, stdout=log, stderr=log))
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -92,7 +98,7 @@ class LocalPrefect:
 
 
 def main() -> None:
-    with LocalPrefect(CHECKOUT / ".prefect-server") as local:
+    with LocalPrefect(Path.cwd() / ".prefect-server") as local:
         print(f"Prefect UI  http://127.0.0.1:{local.port}   (API {local.api_url})")
         print("deployments: calibration-release-cycle/release-cycle (weekly), calibration-ablation/ablation")
         print(f"in another shell:  export PREFECT_API_URL={local.api_url}")

@@ -1,55 +1,45 @@
-"""Scoring orchestration shared by the flows: the pool streams into shard tasks.
+"""Scoring in the flows: each shard a Prefect task, and the scoring-only flow (`tailcal score`).
 
-Each shard is a Prefect task (never one per image: ~18 ms of orchestration each); at most
-SHARDS_IN_FLIGHT shards of images wait or run at once, so memory stays flat.
+The scoring job itself (`tasks.scoring.job.score_pool`) knows nothing of Prefect: this
+module hands it `score_shard.submit` as the way to run a shard, and a progress artifact.
+
+    tailcal score --config configs/demo.yaml --dry-run
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect import get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.config import RuntimeEnv, TailcalConfig
-from tasks.ingest import Candidate, IngestReport, iter_candidate_batches
-from tasks.services import RedisService
+from flows.stages import flow_run_tags, prepare_benchmark
+from tasks import tracking
+from tasks.config import RuntimeEnv, ScoringSetup, TailcalConfig, load_config
+from tasks.services import RedisService, gateway_endpoint, redis_service
 
 if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
+    from tasks.ingest import Candidate
+    from tasks.scoring.job import ScoringOutcome
+    from tasks.scoring.passes import ScoringSession
+    from tasks.scoring.prompts import PromptTemplate
+    from tasks.scoring.results import CostForecast
     from tasks.scoring.shards import ShardResult
-
-SHARDS_IN_FLIGHT = 4
-
-
-@dataclass(frozen=True)
-class ScoringOutcome:
-    scores_path: Path
-    candidates: int
-    skipped: int
-    pool_digest: str | None
-    forecast: str
-    calls: int
-    cache_hit_rate: float
-    spend_eur: float
-    spend_eur_per_pass: tuple[float, ...]
-    spearman: float | None
-    failed: int
-    unscored: int
-    reused_shards: int
-    dataset_sample: dict[str, list]  # first rows of id/condition/class_hint/source, for MLflow
 
 
 @task(name="score-shard", retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def score_shard_task(
-    config: TailcalConfig,
+def score_shard(
+    setup: ScoringSetup,
     embedded_redis_url: str | None,
     api_base: str,
-    template,
+    template: PromptTemplate,
     candidates: list[Candidate],
     log_path: Path,
 ) -> ShardResult:
@@ -58,29 +48,50 @@ def score_shard_task(
     from tasks.scoring.shards import score_logged_shard
 
     redis_url = embedded_redis_url or RuntimeEnv().redis_url.get_secret_value()
-    return score_logged_shard(config, redis_url, api_base, gateway_key(config.gateway), template, candidates, log_path)
+    return score_logged_shard(setup, redis_url, api_base, gateway_key(setup.gateway), template, candidates, log_path)
 
 
-def _shards(batches: Iterable[list[Candidate]], size: int) -> Iterator[list[Candidate]]:
-    buffer: list[Candidate] = []
-    for batch in batches:
-        buffer.extend(batch)
-        while len(buffer) >= size:
-            yield buffer[:size]
-            buffer = buffer[size:]
-    if buffer:
-        yield buffer
+@dataclass(frozen=True)
+class ScoringServices:
+    """What scoring runs against: Redis (cache, ledger, rpm), the gateway URL and a session on both."""
+
+    redis: RedisService
+    api_base: str
+    session: ScoringSession
+
+    @property
+    def cache_backend(self) -> str:
+        return self.redis.display_url + (" (embedded Valkey)" if self.redis.embedded else "")
 
 
-def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_base: str, run_dir: Path):
-    """Stream the pool into scoring shards (Prefect tasks), then write scores.parquet."""
-    import pyarrow as pa
+@contextmanager
+def scoring_services(config: TailcalConfig, env: RuntimeEnv) -> Iterator[ScoringServices]:
+    """Redis (or the embedded Valkey) and the gateway (or the reference scorer), for a flow's body."""
+    from tasks.scoring.gateway import gateway_key
+    from tasks.scoring.passes import open_session
+    from tasks.scoring.prompts import load_template
+
+    template = load_template(config.scoring.prompt, config.scoring.prompts_dir)
+    with redis_service(env, config.data.data_dir) as redis, gateway_endpoint(config.gateway) as api_base:
+        session = open_session(config.scoring_setup, redis.client, api_base, gateway_key(config.gateway), template)
+        yield ScoringServices(redis, api_base, session)
+
+
+@dataclass(frozen=True)
+class ScoredPool:
+    """Scoring's outcome and where its scores.parquet went."""
+
+    outcome: ScoringOutcome
+    scores_path: Path
+    cache_backend: str
+
+
+def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path) -> ScoredPool:
+    """Stream the pool into `score-shard` tasks and write `<run_dir>/scores.parquet` (in a flow's body)."""
     import pyarrow.parquet as pq
 
-    from tasks.scoring.gateway import gateway_key, prepare_image
-    from tasks.scoring.passes import estimate_hit_rate, open_session
-    from tasks.scoring.prompts import load_template
-    from tasks.scoring.results import CostForecast, scores_table, summarize
+    from tasks.ingest import IngestReport, iter_candidate_batches
+    from tasks.scoring.job import forecast_cost, score_pool
     from tasks.scoring.shards import scoring_key
 
     logger = get_run_logger()
@@ -89,87 +100,129 @@ def score_pool(config: TailcalConfig, env: RuntimeEnv, redis: RedisService, api_
 
         ScoringMetrics.shared().serve(config.scoring.metrics_port)
         logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", config.scoring.metrics_port)
-    template = load_template(config.scoring.prompt)
     report = IngestReport()
-    batches = iter_candidate_batches(config.pool_uri, config.pool, env, report)
-    expected = min(report.rows_matched, config.pool.subset_size or report.rows_matched)
-    log_dir = config.data_dir / "score-logs" / scoring_key(config, template, config.pool_uri)
-    progress = create_progress_artifact(0.0, description=f"scoring {expected} candidates")
-    pending: deque = deque()
-    records: list = []
-    this_run: list = []  # what this run did: reused shards cost it nothing
-    metadata: dict[str, list] = {"id": [], "condition": [], "class_hint": [], "source": []}
-    forecast, done, reused = "", 0, 0
+    batches = iter_candidate_batches(config.pool, env, report)
+    with scoring_services(config, env) as services:
+        session = services.session
+        log_dir = config.data.data_dir / "score-logs" / scoring_key(session.setup, session.template, config.pool)
+        embedded_url = services.redis.url if services.redis.embedded else None
+        progress = create_progress_artifact(0.0, description=f"scoring {report.rows_expected} candidates")
 
-    def collect() -> None:
-        nonlocal done, reused
-        result = pending.popleft().result()
-        shard_records, was_reused = result.records, result.reused_log
-        records.extend(shard_records)
-        reused += was_reused
-        this_run.extend(
-            replace(r, status="cached", cost_eur=0.0) if was_reused and r.status == "scored" else r
-            for r in shard_records
+        def run_shard(index: int, shard: list[Candidate]):
+            log_path = log_dir / f"shard-{index:05d}.parquet"
+            return score_shard.submit(session.setup, embedded_url, services.api_base, session.template, shard, log_path)
+
+        def forecast(sample: list[Candidate]) -> CostForecast:
+            predicted = forecast_cost(session, sample, report.rows_expected)
+            logger.info(predicted.describe())
+            return predicted
+
+        outcome = score_pool(
+            batches,
+            report,
+            config.scoring.passes,
+            config.scoring.shard_size,
+            run_shard,
+            forecast=forecast,
+            on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
         )
-        done += len(shard_records) // config.scoring.passes
-        update_progress_artifact(progress, min(100.0, 100.0 * done / max(expected, 1)))
-
-    for index, shard in enumerate(_shards(batches, config.scoring.shard_size)):
-        if index == 0:
-            session = open_session(config, redis.client, api_base, gateway_key(config.gateway), template)
-            primary = config.gateway.models[0].name
-            forecast = CostForecast(
-                candidates=expected,
-                passes=config.scoring.passes,
-                expected_hit_rate=estimate_hit_rate(session, shard),
-                eur_per_call=session.gateway.worst_case_cost(primary, prepare_image(shard[0].image, 10**6)),
-            ).describe()
-            logger.info(forecast)
-        for candidate in shard:
-            metadata["id"].append(candidate.id)
-            metadata["condition"].append(candidate.condition)
-            metadata["class_hint"].append(candidate.class_hint)
-            metadata["source"].append(candidate.source)
-        log_path = log_dir / f"shard-{index:05d}.parquet"
-        embedded_url = redis.url if redis.embedded else None
-        pending.append(score_shard_task.submit(config, embedded_url, api_base, template, shard, log_path))
-        while len(pending) >= SHARDS_IN_FLIGHT:
-            collect()
-    while pending:
-        collect()
-
-    table = scores_table(records, config.scoring.passes)
-    meta = pa.table(metadata)
-    order = {candidate_id: row for row, candidate_id in enumerate(table.column("id").to_pylist())}
-    meta = meta.take([order[i] for i in meta.column("id").to_pylist() if i in order])
-    for name in ("condition", "class_hint", "source"):
-        table = table.append_column(name, meta.column(name))
     run_dir.mkdir(parents=True, exist_ok=True)
     scores_path = run_dir / "scores.parquet"
-    pq.write_table(table, scores_path)
-    summary = summarize(this_run, config.scoring.passes)
+    pq.write_table(outcome.scores, scores_path)
+    s = outcome.summary
     logger.info(
         "scored %d candidates: %d calls, hit rate %.1f%%, €%.4f, %d failed, %d unscored",
-        summary.candidates,
-        summary.calls,
-        100 * summary.cache_hit_rate,
-        summary.spend_eur,
-        summary.failed,
-        summary.unscored,
+        s.candidates,
+        s.calls,
+        100 * s.cache_hit_rate,
+        s.spend_eur,
+        s.failed,
+        s.unscored,
     )
-    return ScoringOutcome(
-        scores_path=scores_path,
-        candidates=summary.candidates,
-        skipped=len(report.skipped),
-        pool_digest=report.pool_digest,
-        forecast=forecast,
-        calls=summary.calls,
-        cache_hit_rate=summary.cache_hit_rate,
-        spend_eur=summary.spend_eur,
-        spend_eur_per_pass=summary.spend_eur_per_pass,
-        spearman=summary.spearman,
-        failed=summary.failed,
-        unscored=summary.unscored,
-        reused_shards=reused,
-        dataset_sample={name: values[:1000] for name, values in metadata.items()},
-    )
+    return ScoredPool(outcome, scores_path, services.cache_backend)
+
+
+def log_pool_dataset(run: tracking.RunHandle, config: TailcalConfig, scored: ScoredPool) -> None:
+    """The scored pool as the MLflow run's input dataset, named by its content digest."""
+    import pandas as pd
+
+    if scored.outcome.ingest.pool_digest:
+        sample = pd.DataFrame(scored.outcome.dataset_sample)
+        tracking.log_pool_dataset(run, "candidate-pool", config.pool.uri, scored.outcome.ingest.pool_digest, sample)
+
+
+@dataclass(frozen=True)
+class ScoringRunSummary:
+    """What `tailcal score` did: the forecast, and unless it was a dry run, the scoring itself."""
+
+    config: str
+    pool_uri: str
+    forecast: str
+    dry_run: bool
+    scored: ScoredPool | None = None
+    mlflow_run_id: str | None = None
+
+    def describe(self) -> str:
+        lines = ["", "tailcal scoring — summary", f"  config        {self.config}", f"  pool          {self.pool_uri}"]
+        lines.append(f"  forecast      {self.forecast}")
+        if self.scored is None:
+            lines.append("  dry run       nothing was sent to the gateway and nothing was paid")
+            return "\n".join(lines)
+        s = self.scored.outcome.summary
+        spearman = "n/a" if s.spearman is None else f"{s.spearman:.3f}"
+        lines += [
+            f"  scoring       {s.calls} paid calls, cache hit rate {s.cache_hit_rate:.1%}, spend €{s.spend_eur:.4f}, "
+            f"{s.failed} failed, {s.unscored} unscored",
+            f"                Spearman between passes {spearman}; {self.scored.outcome.reused_shards} shard(s) "
+            "reused from logs",
+            f"  scores        {self.scored.scores_path}",
+            f"  MLflow run    {self.mlflow_run_id}",
+        ]
+        return "\n".join(lines)
+
+
+@flow(name="calibration-scoring", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def score(
+    config_path: str = "configs/demo.yaml",
+    prompt: str | None = None,
+    subset_size: int | None = None,
+    dry_run: bool = False,
+    release_id: str | None = None,
+) -> ScoringRunSummary:
+    """Score the candidate pool only: difficulty per candidate, written to scores.parquet.
+
+    The cost forecast is logged before anything is paid; a rerun pays nothing for what
+    was scored before.
+
+    Args:
+        config_path: YAML config file.
+        prompt: Prompt template override, e.g. difficulty-v1.
+        subset_size: Score only a deterministic sample of this many candidates.
+        dry_run: Print the cost forecast and stop: nothing is sent to the gateway or paid.
+        release_id: Release identifier for the MLflow run name and tags.
+    """
+    from tasks.ingest import IngestReport, iter_candidate_batches
+    from tasks.scoring.job import forecast_cost, shards
+
+    overrides = {"scoring.prompt": prompt, "pool.subset_size": subset_size}
+    config = load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
+    env = RuntimeEnv()
+    prepare_benchmark(config.data)
+    if dry_run:
+        report = IngestReport()
+        first = next(shards(iter_candidate_batches(config.pool, env, report), config.scoring.shard_size))
+        with scoring_services(config, env) as services:
+            forecast = forecast_cost(services.session, first, report.rows_expected)
+        return ScoringRunSummary(config_path, config.pool.uri, forecast.describe(), dry_run=True)
+
+    tags = {"kind": "scoring", "release_id": release_id or "", "prompt": config.scoring.prompt, **flow_run_tags()}
+    run_name = release_id or f"scoring-{flow_run.get_name() or 'local'}"
+    with tracking.run(
+        env, config.data.data_dir, config.tracking.experiment, run_name, tags, tracking.config_params(config)
+    ) as run:
+        scored = score_stage(config, env, config.data.data_dir / "runs" / run.run_id)
+        log_pool_dataset(run, config, scored)
+        tracking.log_metrics(run, scored.outcome.metrics())
+        tracking.log_artifact(run, str(scored.scores_path))
+    forecast = scored.outcome.forecast.describe() if scored.outcome.forecast else ""
+    return ScoringRunSummary(config_path, config.pool.uri, forecast, False, scored, run.run_id)

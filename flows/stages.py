@@ -1,200 +1,162 @@
-"""Prefect tasks shared by the release-cycle and ablation flows: thin wrappers over tasks/.
+"""Prefect tasks shared by the flows: each wraps one stage function of `tasks/` and adds nothing.
 
-torch and OpenVINO are imported inside the tasks: `prefect deploy` imports every
-entrypoint, and these imports take seconds.
+torch, OpenVINO and litellm are imported inside the tasks: `prefect deploy` imports every
+entrypoint, and those imports take seconds. Tasks pass big in-memory values (images, the
+eval split), so none of them hashes its inputs for Prefect's cache.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
-from tasks.config import RuntimeEnv, TailcalConfig
+from tasks.config import (
+    DataConfig,
+    DetectorConfig,
+    EvaluationConfig,
+    PoolConfig,
+    QuantizationConfig,
+    RuntimeEnv,
+    SelectionConfig,
+)
 
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-@dataclass(frozen=True)
-class SelectionOutcome:
-    selection_path: Path
-    strategy: str
-    k: int
-    ids: tuple[str, ...]
-    strata: dict[str, int]
-    mean_difficulty_selected: float | None
-    mean_difficulty_pool: float | None
-
-
-@task(name="select-calibration-set")
-def select_stage(config: TailcalConfig, scores_path: Path, run_dir: Path, profiles=None) -> SelectionOutcome:
-    """Choose the K calibration images from the scored pool and write selection.parquet."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from tasks.selection import SelectionInput, select_calibration_set
-
-    scores = pq.read_table(scores_path)
-    selection = select_calibration_set(
-        SelectionInput.from_table(scores),
-        config.selection.strategy,
-        config.selection.k,
-        config.selection.seed,
-        config.selection.hard_fraction,
-        profiles=profiles,
-        tail_quantile=config.selection.coverage_tail_quantile,
-    )
-    table = selection.to_table()
-    difficulty = dict(zip(scores.column("id").to_pylist(), scores.column("difficulty").to_pylist(), strict=True))
-    table = table.append_column("difficulty", [[difficulty.get(i) for i in selection.ids]])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "selection.parquet"
-    pq.write_table(table, path)
-    return SelectionOutcome(
-        selection_path=path,
-        strategy=selection.strategy,
-        k=selection.k,
-        ids=selection.ids,
-        strata=selection.stratum_counts(),
-        mean_difficulty_selected=pc.mean(table.column("difficulty")).as_py(),
-        mean_difficulty_pool=pc.mean(scores.column("difficulty")).as_py(),
-    )
+    from tasks.calibration.clipping import ClippingReport
+    from tasks.calibration.profiles import ActivationProfiles
+    from tasks.calibration.quantize import QuantizeResult
+    from tasks.evaluation.comparison import Comparison
+    from tasks.evaluation.evaluate import EvalResult
+    from tasks.evaluation.split import EvalSplit
+    from tasks.selection import SelectionOutcome
 
 
-def selection_metrics(outcome: SelectionOutcome) -> dict[str, float | None]:
-    metrics = {
-        "selection.k": outcome.k,
-        "selection.mean_difficulty": outcome.mean_difficulty_selected,
-        "pool.mean_difficulty": outcome.mean_difficulty_pool,
+def flow_run_tags() -> dict[str, str]:
+    """MLflow tags that link a run to the Prefect flow run that made it."""
+    return {
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "prefect.flow_run_url": flow_run.get_flow_run_ui_url() or "",
     }
-    return metrics | {f"selection.count.{stratum}": n for stratum, n in outcome.strata.items()}
+
+
+@task(name="prepare-benchmark")
+def prepare_benchmark(data: DataConfig) -> int | None:
+    """Generate the synthetic benchmark when the config asks for one; return the pool size."""
+    from tasks.synth.write import ensure_benchmark
+
+    if data.synthetic is None:
+        return None
+    ensure_benchmark(data.synthetic, data.data_dir, workers=min(os.cpu_count() or 1, 4))
+    return int(json.loads((data.data_dir / "benchmark.json").read_text())["pool_rows"])
 
 
 @task(name="export-fp16-ir", cache_policy=NONE)
-def export_fp16_ir(config: TailcalConfig) -> Path:
-    """The detector as an FP16-weight IR, exported once per checkpoint (keyed by its digest)."""
-    from tasks.detector import build_detector, export_ir
-    from tasks.synth.write import file_digest
+def export_fp16_ir(detector: DetectorConfig, models_dir: Path) -> Path:
+    from tasks.detection.export import ensure_fp16_ir
 
-    checkpoint = Path(config.detector.checkpoint)
-    model = build_detector(config.detector)  # raises a clear error when the checkpoint is missing
-    out_dir = config.data_dir / "models" / file_digest(checkpoint)[:12]
-    xml_path = out_dir / "detector_fp16.xml"
-    if not xml_path.exists():
-        export_ir(model, out_dir, config.detector.input_size)
-    return xml_path
+    return ensure_fp16_ir(detector, models_dir)
 
 
-@task(name="collect-calibration-images", cache_policy=NONE)
-def collect_calibration_images(config: TailcalConfig, ids: Sequence[str]) -> list[bytes]:
-    from tasks.ingest import collect_images
+@task(name="load-eval-split", cache_policy=NONE)
+def load_split(evaluation: EvaluationConfig) -> EvalSplit:
+    from tasks.evaluation.split import load_eval_split
 
-    return collect_images(config.pool_uri, config.pool, RuntimeEnv(), ids)
-
-
-@task(name="quantize-int8", cache_policy=NONE)
-def quantize_int8(config: TailcalConfig, fp_ir: Path, images: list[bytes], range_estimator: str, out_dir: Path):
-    from tasks.evaluate import load_eval_split, map_validation_fn
-    from tasks.quantize import quantize_ir, quantize_ir_with_accuracy_control
-
-    q = config.quantization
-    if not q.accuracy_control:
-        return quantize_ir(fp_ir, images, q.preset, range_estimator, out_dir=out_dir)
-    coco, eval_images = load_eval_split(config.eval_dir)
-    items = [(meta["id"], image) for meta, image in zip(coco["images"], eval_images, strict=True)]
-    return quantize_ir_with_accuracy_control(
-        fp_ir, images, items, map_validation_fn(coco), q.max_drop, q.preset, range_estimator, out_dir
-    )
-
-
-@task(name="evaluate-ir", cache_policy=NONE)
-def evaluate(config: TailcalConfig, ir_path: Path, measure_speed: bool = True):
-    from tasks.evaluate import evaluate_ir
-
-    iterations = config.evaluation.latency_iterations if measure_speed else 0
-    return evaluate_ir(ir_path, config.eval_dir, latency_iterations=iterations)
-
-
-@task(name="activation-clipping", cache_policy=NONE)
-def clipping(config: TailcalConfig, int8_ir: Path, fp_ir: Path):
-    from tasks.detection.clipping import activation_clipping
-    from tasks.detection.postprocess import preprocess
-    from tasks.evaluate import load_eval_split
-
-    _, images = load_eval_split(config.eval_dir, limit=config.evaluation.clipping_images)
-    inputs = [preprocess([image]) for image in images]
-    return activation_clipping(int8_ir, fp_ir, inputs, config.evaluation.clipping_flag_fraction)
+    return load_eval_split(evaluation.dataset_dir)
 
 
 @task(name="activation-profiles", cache_policy=NONE)
-def pool_profiles(config: TailcalConfig, fp_ir: Path):
+def pool_profiles(pool: PoolConfig, fp_ir: Path) -> ActivationProfiles:
     """Per-candidate activation min/max over the pool, for the `coverage` strategy."""
-    from tasks.activations import ActivationProfiles, activation_profiles
-    from tasks.detection.postprocess import decode_image, preprocess
+    from tasks.calibration.profiles import profile_pool
     from tasks.ingest import IngestReport, iter_candidate_batches
 
-    ids: list[str] = []
+    return profile_pool(fp_ir, iter_candidate_batches(pool, RuntimeEnv(), IngestReport()))
 
-    def inputs():
-        for batch in iter_candidate_batches(config.pool_uri, config.pool, RuntimeEnv(), IngestReport()):
-            for candidate in batch:
-                ids.append(candidate.id)
-                yield preprocess([decode_image(candidate.image)])
 
-    profiles = activation_profiles(fp_ir, inputs())
-    # ids fill in while the generator is consumed, so they are attached afterwards.
-    return ActivationProfiles(profiles.layer_names, profiles.values, tuple(ids))
+@task(name="select-calibration-set", cache_policy=NONE)
+def select(scores: pa.Table, selection: SelectionConfig, profiles: ActivationProfiles | None) -> SelectionOutcome:
+    from tasks.selection import SelectionInput, describe_selection, select_calibration_set
+
+    chosen = select_calibration_set(SelectionInput.from_table(scores), selection, profiles)
+    return describe_selection(chosen, scores)
+
+
+@task(name="collect-calibration-images", cache_policy=NONE)
+def collect_calibration_images(pool: PoolConfig, ids: Sequence[str]) -> list[bytes]:
+    from tasks.ingest import collect_images
+
+    return collect_images(pool, RuntimeEnv(), ids)
+
+
+@task(name="quantize-int8", cache_policy=NONE)
+def quantize(
+    fp_ir: Path, images: list[bytes], quantization: QuantizationConfig, out_dir: Path, split: EvalSplit
+) -> QuantizeResult:
+    from tasks.calibration.quantize import quantize as quantize_stage
+
+    return quantize_stage(fp_ir, images, quantization, out_dir, validation=split)
+
+
+@task(name="evaluate-ir", cache_policy=NONE)
+def evaluate(ir_path: Path, split: EvalSplit, evaluation: EvaluationConfig) -> EvalResult:
+    from tasks.evaluation.evaluate import evaluate_ir
+
+    return evaluate_ir(ir_path, split, evaluation)
+
+
+@task(name="evaluate-fp16-ir", cache_policy=NONE)
+def evaluate_fp16(ir_path: Path, split: EvalSplit, evaluation: EvaluationConfig) -> EvalResult:
+    """FP16 mAP and speed, remembered beside the IR: every run and ablation cell reuses it."""
+    from tasks.evaluation.evaluate import evaluate_ir_cached
+
+    return evaluate_ir_cached(ir_path, split, evaluation)
+
+
+@task(name="activation-clipping", cache_policy=NONE)
+def clipping(int8_ir: Path, fp_ir: Path, split: EvalSplit, evaluation: EvaluationConfig) -> ClippingReport:
+    from tasks.calibration.clipping import activation_clipping
+    from tasks.detection.preprocess import preprocess
+
+    inputs = [preprocess([image]) for image in split.head(evaluation.clipping_images).images]
+    return activation_clipping(int8_ir, fp_ir, inputs, evaluation.clipping_flag_fraction)
 
 
 @dataclass(frozen=True)
 class CalibrationOutcome:
     """One calibration set turned into an INT8 IR and compared with FP16."""
 
-    int8_ir: Path
-    quantize_wall_s: float
-    comparison: object  # tasks.comparison.Comparison (kept untyped here: no heavy import at module load)
-    clipping: object  # tasks.detection.clipping.ClippingReport
+    quantized: QuantizeResult
+    comparison: Comparison
+    clipping: ClippingReport
 
     def metrics(self) -> dict[str, float | None]:
-        layers = self.clipping.layers
-        return self.comparison.metrics() | {
-            "ptq.wall_s": self.quantize_wall_s,
-            "clipping.max_pct": 100 * max((layer.clipped_fraction for layer in layers), default=0.0),
-            "clipping.flagged_layers": len(self.clipping.flagged),
-        }
-
-
-def fp16_evaluation(config: TailcalConfig, fp_ir: Path):
-    """FP16 mAP and speed, cached beside the IR: every run and ablation cell reuses it."""
-    import json
-
-    from tasks.evaluate import EvalResult
-
-    cached = fp_ir.parent / f"eval-{config.eval_dir.name}-{_eval_key(config)}.json"
-    if cached.exists():
-        return EvalResult(**json.loads(cached.read_text()))
-    result = evaluate(config, fp_ir)
-    cached.write_text(json.dumps(result.as_dict()))
-    return result
-
-
-def _eval_key(config: TailcalConfig) -> str:
-    import hashlib
-
-    annotations = config.eval_dir / "annotations.json"
-    return hashlib.sha256(annotations.read_bytes()).hexdigest()[:12]
+        return self.comparison.metrics() | self.quantized.metrics() | self.clipping.metrics()
 
 
 def calibrate_and_compare(
-    config: TailcalConfig, fp_ir: Path, ids: Sequence[str], range_estimator: str, out_dir: Path, fp16=None
+    pool: PoolConfig,
+    quantization: QuantizationConfig,
+    evaluation: EvaluationConfig,
+    fp_ir: Path,
+    fp16: EvalResult,
+    split: EvalSplit,
+    ids: Sequence[str],
+    out_dir: Path,
 ) -> CalibrationOutcome:
     """Quantize on exactly `ids` (in order), evaluate INT8 against FP16, and measure clipping."""
-    from tasks.comparison import Comparison
+    from tasks.evaluation.comparison import Comparison
 
-    images = collect_calibration_images(config, ids)
-    quantized = quantize_int8(config, fp_ir, images, range_estimator, out_dir)
-    int8 = evaluate(config, quantized.int8_ir_path)
-    report = clipping(config, quantized.int8_ir_path, fp_ir)
-    comparison = Comparison(fp16 or fp16_evaluation(config, fp_ir), int8)
-    return CalibrationOutcome(quantized.int8_ir_path, quantized.wall_s, comparison, report)
+    images = collect_calibration_images(pool, ids)
+    quantized = quantize(fp_ir, images, quantization, out_dir, split)
+    int8 = evaluate(quantized.int8_ir_path, split, evaluation)
+    report = clipping(quantized.int8_ir_path, fp_ir, split, evaluation)
+    return CalibrationOutcome(quantized, Comparison(fp16, int8), report)

@@ -41,7 +41,10 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where local data and per-run artefacts live; `synthetic` generates it when absent."""
+    """Where local data and per-run artefacts live; `synthetic` generates it when absent.
+
+    Relative paths in a config resolve from the working directory, once, at load.
+    """
 
     data_dir: Path = Path("data/demo")
     synthetic: SyntheticConfig | None = SyntheticConfig()
@@ -50,7 +53,7 @@ class DataConfig(_Strict):
 class PoolConfig(_Strict):
     """The candidate pool: Parquet at a local path or `s3://bucket/prefix/`."""
 
-    uri: str | None = Field(None, description="Defaults to <data_dir>/pool when unset.")
+    uri: str | None = Field(None, description="Defaults to <data_dir>/pool when unset (resolved at load).")
     subset_size: int | None = Field(None, ge=1, description="Deterministic sample for dry runs.")
     subset_seed: int = 0
     sources: list[str] | None = None
@@ -123,6 +126,7 @@ class ScoringConfig(_Strict):
     """VLM difficulty scoring: prompt template, passes and sharding."""
 
     prompt: str = Field("difficulty-v1", pattern=r"^[a-z0-9_-]+-v\d+$")
+    prompts_dir: Path = Field(Path("configs/prompts"), description="Where <prompt>.yaml templates live.")
     passes: int = Field(2, ge=1, le=8)
     base_seed: int = 0
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -164,7 +168,7 @@ class QuantizationConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """Labelled evaluation split (COCO JSON + images); defaults to <data_dir>/eval."""
+    """Labelled evaluation split (COCO JSON + images); defaults to <data_dir>/eval (resolved at load)."""
 
     dataset_dir: Path | None = None
     latency_iterations: int = Field(50, ge=1)
@@ -221,8 +225,25 @@ class DriftConfig(_Strict):
     min_samples: int = Field(30, ge=2, description="Fewer rows on either side → no verdict (error).")
 
 
+class ScoringSetup(_Strict):
+    """What the scoring stage reads: its own section and the gateway, cache and budget it scores through.
+
+    Not a YAML section: `TailcalConfig.scoring_setup` assembles it from the four sections.
+    """
+
+    scoring: ScoringConfig
+    gateway: GatewayConfig
+    cache: CacheConfig
+    budget: BudgetConfig
+
+
 class TailcalConfig(_Strict):
-    """The whole configuration of one tailcal run."""
+    """The whole configuration of one tailcal run.
+
+    Stages never receive this tree: each takes its own section (or `ScoringSetup`). Defaults
+    that depend on other keys (`pool.uri`, `evaluation.dataset_dir`) and relative paths are
+    resolved here, once, so every stage sees the same absolute values.
+    """
 
     data: DataConfig = DataConfig()
     pool: PoolConfig = PoolConfig()
@@ -238,17 +259,25 @@ class TailcalConfig(_Strict):
     serving: ServingConfig = ServingConfig()
     drift: DriftConfig = DriftConfig()
 
-    @property
-    def data_dir(self) -> Path:
-        return self.data.data_dir.resolve()
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> TailcalConfig:
+        # The sections are frozen; these copies are made once, before anyone reads them.
+        data_dir = self.data.data_dir.resolve()
+        resolved = {
+            "data": self.data.model_copy(update={"data_dir": data_dir}),
+            "pool": self.pool.model_copy(update={"uri": self.pool.uri or str(data_dir / "pool")}),
+            "scoring": self.scoring.model_copy(update={"prompts_dir": self.scoring.prompts_dir.resolve()}),
+            "evaluation": self.evaluation.model_copy(
+                update={"dataset_dir": (self.evaluation.dataset_dir or data_dir / "eval").resolve()}
+            ),
+        }
+        for name, section in resolved.items():
+            object.__setattr__(self, name, section)
+        return self
 
     @property
-    def pool_uri(self) -> str:
-        return self.pool.uri or str(self.data_dir / "pool")
-
-    @property
-    def eval_dir(self) -> Path:
-        return (self.evaluation.dataset_dir or self.data_dir / "eval").resolve()
+    def scoring_setup(self) -> ScoringSetup:
+        return ScoringSetup(scoring=self.scoring, gateway=self.gateway, cache=self.cache, budget=self.budget)
 
 
 class RuntimeEnv(BaseSettings):

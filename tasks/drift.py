@@ -15,14 +15,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from tasks.config import DriftConfig
-from tasks.detection.postprocess import decode_image
-from tasks.errors import TailcalError
+from tasks.detection.preprocess import decode_image
+from tasks.difficulty import STAT_NAMES, assess
+from tasks.errors import ConfigError, TailcalError
 from tasks.ingest.models import Candidate
-from tasks.serving.difficulty import STAT_NAMES, estimate_difficulty, image_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +57,59 @@ class FeatureSample:
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
-    """uint8 RGB → the continuous drift features (difficulty + image statistics)."""
-    return {"difficulty": estimate_difficulty(image).difficulty, **image_statistics(image)}
+    """uint8 RGB → the continuous drift features (difficulty + image statistics), from one pass."""
+    assessment = assess(image)
+    return {"difficulty": assessment.difficulty, **assessment.statistics.as_dict()}
 
 
 def sample_features(batches: Iterable[list[Candidate]], keep: set[str] | None = None) -> FeatureSample:
-    """Features of every candidate (or only those whose id is in `keep`) streamed from ingest."""
+    """Features of every candidate (or only those whose id is in `keep`) streamed from ingest.
+
+    With `keep`, reading stops once every kept id was found.
+    """
     sample = FeatureSample()
     for batch in batches:
         for candidate in batch:
             if keep is None or candidate.id in keep:
                 sample.add(candidate.id, decode_image(candidate.image), candidate.condition)
+        if keep is not None and len(sample) == len(keep):
+            break
     return sample
+
+
+ReferenceKind = Literal["pool", "selection"]
+REFERENCE_FILES: dict[str, str] = {"pool": "scores.parquet", "selection": "selection.parquet"}
+
+
+def find_reference(
+    runs_dir: Path, reference: ReferenceKind, path: Path | None = None, run_id: str | None = None
+) -> Path:
+    """The reference Parquet: `path` as given, `<runs_dir>/<run_id>/<scores|selection>.parquet`,
+    or (neither given, as on a schedule) the newest release run's file under `runs_dir`.
+
+    Release runs end by writing report.md; ablation and scoring-only runs also leave a
+    scores.parquet, and do not count. Raises ConfigError naming what is missing.
+    """
+    name = REFERENCE_FILES[reference]
+    if path is None and run_id:
+        path = runs_dir / run_id / name
+    if path is None:
+        runs = [p for p in runs_dir.glob(f"*/{name}") if (p.parent / "report.md").exists()]
+        if not runs:
+            raise ConfigError(
+                f"no release run under {runs_dir} has a {name}: run the release cycle first, "
+                "or name the reference with reference_path / reference_run_id"
+            )
+        path = max(runs, key=lambda p: p.stat().st_mtime)
+        logger.info("reference: newest release run %s", path.parent.name)
+    if not path.exists():
+        raise ConfigError(f"reference {path} does not exist: give a release run's scores.parquet or selection.parquet")
+    return path
+
+
+def reference_ids(path: Path) -> set[str]:
+    """The candidate ids a scores.parquet or selection.parquet holds."""
+    return set(pq.read_table(path, columns=["id"]).column("id").to_pylist())
 
 
 @dataclass(frozen=True)

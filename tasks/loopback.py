@@ -3,10 +3,18 @@ the inference service both run this way in tests, benches and the embedded defau
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import uvicorn
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that need a fixed port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class LoopbackServer:
@@ -34,6 +42,16 @@ class LoopbackServer:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError(f"the {self.name} did not start on 127.0.0.1")
             time.sleep(0.02)
+
+    def wait_for_interrupt(self) -> None:
+        """Block until Ctrl-C (or the server exits), then stop: for servers run from a command line."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self._server.should_exit = True

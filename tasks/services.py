@@ -157,7 +157,7 @@ def gateway_endpoint(gateway: GatewayConfig) -> Iterator[str]:
     if gateway.url != "embedded":
         yield gateway.url.rstrip("/")
         return
-    from tasks.scoring.reference_scorer import ReferenceScorer
+    from tasks.testing.reference_scorer import ReferenceScorer
 
     with ReferenceScorer() as scorer:
         log.info("started the reference scorer (a stand-in, not a VLM) at %s", scorer.base_url)
@@ -178,14 +178,18 @@ def mlflow_artifact_root(data_dir: Path) -> str:
 
 
 def prefect_environment(home: Path) -> dict[str, str]:
-    """Settings for an ephemeral Prefect API (DESIGN.md §4); empty when a server is configured.
+    """Settings for an ephemeral Prefect API, by environment variable; empty when a server is configured.
 
-    Prefect caches some settings at import, so callers apply these before importing it.
+    A private `PREFECT_HOME` keeps the run's orchestration state beside its data; the
+    ephemeral server gets 180 s to start on a busy 2-core machine (the default is too short)
+    and sends no analytics. Variables already set in the environment win. The caller (the
+    command line) applies them around a flow run; importing tailcal changes nothing.
     """
     if os.environ.get("PREFECT_API_URL"):
         return {}
-    return {
+    defaults = {
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    return {name: value for name, value in defaults.items() if name not in os.environ}

@@ -7,7 +7,10 @@ The active MLflow run is thread-local, so flows start the run in their body and 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow.data
@@ -15,7 +18,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
-from tasks.config import TailcalConfig
+from tasks.config import RuntimeEnv, TailcalConfig
+from tasks.services import mlflow_artifact_root, mlflow_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,46 @@ def start_run(
     return RunHandle(tracking_uri, experiment_id, run.info.run_id)
 
 
+@contextmanager
+def run(
+    env: RuntimeEnv,
+    data_dir: Path,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, str] | None = None,
+) -> Iterator[RunHandle]:
+    """An MLflow run for the body of a `with`: FINISHED when it ends, FAILED when it raises.
+
+    The store is `MLFLOW_TRACKING_URI`, else SQLite in `data_dir` with artefacts under
+    `data_dir/mlartifacts` (for experiments created here).
+    """
+    uri = mlflow_tracking_uri(env, data_dir)
+    artifact_root = None if env.mlflow_tracking_uri else mlflow_artifact_root(data_dir)
+    with _closing(start_run(uri, experiment, artifact_root, run_name, tags)) as handle:
+        if params:
+            log_params(handle, params)
+        yield handle
+
+
+@contextmanager
+def child_run(parent: RunHandle, run_name: str, tags: dict[str, str], params: dict[str, str]) -> Iterator[RunHandle]:
+    """A run nested under `parent` for the body of a `with`, FAILED when it raises."""
+    with _closing(start_child_run(parent, run_name, tags)) as handle:
+        log_params(handle, params)
+        yield handle
+
+
+@contextmanager
+def _closing(handle: RunHandle) -> Iterator[RunHandle]:
+    try:
+        yield handle
+    except BaseException:
+        finish_run(handle, "FAILED")
+        raise
+    finish_run(handle)
+
+
 def start_child_run(parent: RunHandle, run_name: str, tags: dict[str, str]) -> RunHandle:
     """A run nested under `parent` (the MLflow UI shows it in the parent's tree)."""
     client = MlflowClient(parent.tracking_uri)
@@ -76,7 +120,7 @@ def log_artifact(run: RunHandle, path: str, artifact_path: str | None = None) ->
     MlflowClient(run.tracking_uri).log_artifact(run.run_id, path, artifact_path)
 
 
-def log_metrics(run: RunHandle, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(run: RunHandle, metrics: dict[str, float | None], step: int = 0) -> None:
     """Log finite numeric metrics in one batch (None values are skipped, not zeroed)."""
     timestamp = int(time.time() * 1000)
     items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items() if value is not None]

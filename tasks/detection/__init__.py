@@ -1,4 +1,3 @@
-"""Detector internals: shared pre/post-processing, OpenVINO runtime, training loop, clipping analysis.
-
-Public stage entry points live in `tasks.detector`, `tasks.quantize` and `tasks.evaluate`.
-"""
+"""The detector: model and checkpoint (`model`), OpenVINO export and IR names (`export`),
+pre- and post-processing shared by every path (`preprocess`, `postprocess`), the OpenVINO
+runtime (`runtime`) and training (`training`)."""

@@ -1,4 +1,4 @@
-"""Pre- and post-processing shared by every way of running the detector (PyTorch, FP16 IR, INT8 IR).
+"""Post-processing shared by every way of running the detector (PyTorch, FP16 IR, INT8 IR).
 
 One implementation on purpose: an FP16-vs-INT8 mAP gap must come from the weights and
 activations, never from two slightly different decoders. It mirrors torchvision's
@@ -9,15 +9,13 @@ level, linear box decoding normalized by anchor size, class-wise NMS).
 from __future__ import annotations
 
 import functools
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from tasks.detector import ANCHOR_SIZES, IMAGE_MEAN, IMAGE_STD, STRIDES
+from tasks.detection.model import ANCHOR_SIZES, STRIDES
 
 
 @dataclass(frozen=True)
@@ -40,21 +38,6 @@ class PostprocessParams:
 
 
 DEFAULT_PARAMS = PostprocessParams()
-
-
-def decode_image(data: bytes | np.ndarray) -> np.ndarray:
-    """JPEG/PNG bytes or an array → uint8 RGB [H, W, 3]."""
-    if isinstance(data, np.ndarray):
-        return data if data.ndim == 3 else np.repeat(data[..., None], 3, axis=2)
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def preprocess(images: list[np.ndarray]) -> np.ndarray:
-    """uint8 RGB [H, W, 3] images of one size → normalized float32 [N, 3, H, W]."""
-    batch = np.stack(images).astype(np.float32) / np.float32(255.0)
-    batch = (batch - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
 @functools.cache

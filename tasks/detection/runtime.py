@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch, preprocess
+from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
+from tasks.detection.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
 

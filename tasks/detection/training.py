@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import FCOS
 
-from tasks.detection.postprocess import decode_image
+from tasks.detection.preprocess import decode_image
 
 logger = logging.getLogger(__name__)
 

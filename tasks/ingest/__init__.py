@@ -1,7 +1,7 @@
 """Ingest: stream the candidate pool (Parquet on S3 or a local path) as batches of validated candidates.
 
 report = IngestReport()
-for batch in iter_candidate_batches(config.pool_uri, config.pool, RuntimeEnv(), report):
+for batch in iter_candidate_batches(config.pool, RuntimeEnv(), report):
     ...  # score the batch
 report.pool_digest  # set once the stream is exhausted
 """

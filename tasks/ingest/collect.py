@@ -15,11 +15,11 @@ from .models import IngestReport
 from .stream import iter_candidate_batches
 
 
-def collect_images(uri: str, pool: PoolConfig, env: RuntimeEnv, ids: Sequence[str]) -> list[bytes]:
+def collect_images(pool: PoolConfig, env: RuntimeEnv, ids: Sequence[str]) -> list[bytes]:
     """Image bytes for `ids`, in that order; stops reading once every id is found."""
     wanted = set(ids)
     found: dict[str, bytes] = {}
-    for batch in iter_candidate_batches(uri, pool, env, IngestReport()):
+    for batch in iter_candidate_batches(pool, env, IngestReport()):
         for candidate in batch:
             if candidate.id in wanted:
                 found[candidate.id] = candidate.image
@@ -28,7 +28,7 @@ def collect_images(uri: str, pool: PoolConfig, env: RuntimeEnv, ids: Sequence[st
     missing = [i for i in ids if i not in found]
     if missing:
         raise TailcalError(
-            f"{len(missing)} selected candidate(s) are no longer in pool {uri!r} (e.g. {missing[:3]}): "
+            f"{len(missing)} selected candidate(s) are no longer in pool {pool.uri!r} (e.g. {missing[:3]}): "
             "the pool changed since scoring; rerun the release cycle"
         )
     return [found[i] for i in ids]

@@ -41,6 +41,7 @@ class IngestReport:
     uri: str = ""
     files: int = 0
     rows_matched: int = 0  # rows passing the source/time filters, before any subset sample
+    rows_expected: int = 0  # rows the stream will read: rows_matched, or the subset sample's size
     rows_seen: int = 0  # rows read after filters and subset sample
     candidates: int = 0
     skipped: list[Skipped] = field(default_factory=list)

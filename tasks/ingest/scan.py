@@ -20,7 +20,10 @@ IMAGE_COLUMNS = ("image", "image_uri")
 # width/height are not read: the decoded header is the authority on an image's size.
 METADATA_COLUMNS = ("class_hint", "condition", "source", "captured_at")
 _STRING_COLUMNS = ("id", "image_uri", "class_hint", "condition", "source")
-_SCHEMA_HINT = "the pool schema is in DESIGN.md §3 (id, image or image_uri, optional metadata)"
+_SCHEMA_HINT = (
+    "a pool needs id (string, unique) and image (binary) or image_uri (string); class_hint, condition, "
+    "source (strings) and captured_at (UTC timestamp) are optional (README: Pool schema)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def row_filter(schema: pa.Schema, pool: PoolConfig) -> ds.Expression | None:
 
         def bound(moment: datetime) -> pa.Scalar:
             utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-            # Compare like with like: a naive column holds UTC wall times (DESIGN.md: captured_at is UTC).
+            # Compare like with like: a naive column holds UTC wall times (the pool contract: captured_at is UTC).
             value = utc if column_type.tz is not None else utc.replace(tzinfo=None)
             return pa.scalar(value, type=pa.timestamp("us", tz=column_type.tz))
 

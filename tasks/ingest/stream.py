@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from tasks.config import PoolConfig, RuntimeEnv
-from tasks.errors import EmptyPoolError
+from tasks.errors import ConfigError, EmptyPoolError
 
 from .images import check_image
 from .models import Candidate, IngestReport, PoolDigest, Skipped
@@ -43,13 +43,11 @@ class _Row:
     captured_at: datetime | None
 
 
-def iter_candidate_batches(
-    uri: str, pool: PoolConfig, env: RuntimeEnv, report: IngestReport
-) -> Iterator[list[Candidate]]:
-    """Batches of up to `pool.batch_rows` validated candidates from the Parquet pool at `uri`.
+def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestReport) -> Iterator[list[Candidate]]:
+    """Batches of up to `pool.batch_rows` validated candidates from the Parquet pool at `pool.uri`.
 
-    `uri` is `s3://bucket/prefix/` or a local path (a directory of `*.parquet` files, or one
-    file). Schema problems and an empty pool raise here, before the first batch is asked
+    `pool.uri` is `s3://bucket/prefix/` or a local path (a directory of `*.parquet` files, or
+    one file). Schema problems and an empty pool raise here, before the first batch is asked
     for; bad images are skipped and recorded in `report`, whose `pool_digest` is set once
     the iterator is exhausted.
 
@@ -57,6 +55,9 @@ def iter_candidate_batches(
     is named), EmptyPoolError (no Parquet files, no rows after filters, or every row
     skipped) and PoolAccessError (the store cannot be listed).
     """
+    uri = pool.uri
+    if not uri:
+        raise ConfigError("pool.uri is not set: name the pool's Parquet path or s3:// prefix")
     filesystems = Filesystems(env)
     location = resolve_pool(uri, filesystems)
     report.uri = uri
@@ -74,6 +75,7 @@ def iter_candidate_batches(
     if report.rows_matched == 0:
         raise EmptyPoolError(f"pool {uri!r} has no rows{_filters_text(pool)}: loosen pool filters or check the data")
     threshold = subset_threshold(files, pool)
+    report.rows_expected = report.rows_matched if threshold is None else pool.subset_size
     logger.info(
         "ingesting %s: %d file(s), %d row(s) after filters%s",
         uri,
@@ -174,7 +176,7 @@ def _rows(batch: pa.RecordBatch) -> Iterator[_Row]:
 def _utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
-    # A naive timestamp column holds UTC wall times (DESIGN.md §3: captured_at is UTC).
+    # A naive timestamp column holds UTC wall times (the pool contract: captured_at is UTC).
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 

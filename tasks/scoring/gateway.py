@@ -17,13 +17,11 @@ import os
 import time
 from dataclasses import dataclass
 
-import litellm
-from litellm import Router
-from litellm.types.router import RetryPolicy
 from PIL import Image
 
 from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
+from tasks.scoring.offline_litellm import RetryPolicy, Router, litellm
 from tasks.scoring.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)

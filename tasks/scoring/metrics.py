@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from litellm.integrations.custom_logger import CustomLogger
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from tasks.scoring.offline_litellm import CustomLogger
 
 _SHARED: ScoringMetrics | None = None
 _SHARED_LOCK = threading.Lock()

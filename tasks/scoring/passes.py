@@ -20,17 +20,17 @@ from functools import partial
 from typing import Protocol
 
 import httpx
-import litellm
 import numpy as np
 import openai
 import redis
 
-from tasks.config import GatewayConfig, TailcalConfig
+from tasks.config import GatewayConfig, ScoringSetup
 from tasks.errors import ServiceError
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
 from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image
 from tasks.scoring.metrics import AttemptLogger, ScoringMetrics
+from tasks.scoring.offline_litellm import litellm
 from tasks.scoring.prompts import PromptTemplate, lock_template
 from tasks.scoring.ratelimit import RateLimiter
 
@@ -67,7 +67,7 @@ class ScoreRecord:
 class ScoringSession:
     """Everything a shard needs; built once per process by `open_session`."""
 
-    config: TailcalConfig
+    setup: ScoringSetup
     template: PromptTemplate
     gateway: GatewayClient
     ledger: BudgetLedger
@@ -80,8 +80,8 @@ class ScoringSession:
 
     def models_in_order(self) -> list[str]:
         """Primary first; the budget fallback (if any) last."""
-        names = [m.name for m in self.config.gateway.models]
-        fallback = self.config.budget.fallback_model
+        names = [m.name for m in self.setup.gateway.models]
+        fallback = self.setup.budget.fallback_model
         return [n for n in names if n != fallback] + ([fallback] if fallback in names else [])
 
 
@@ -90,7 +90,7 @@ def namespace(template: PromptTemplate, model: str, pass_index: int) -> str:
 
 
 def open_session(
-    config: TailcalConfig,
+    setup: ScoringSetup,
     client: redis.Redis,
     api_base: str,
     api_key: str,
@@ -99,27 +99,27 @@ def open_session(
 ) -> ScoringSession:
     """Wire cache namespaces, the budget ledger, the limiter and the gateway client."""
     metrics = metrics or ScoringMetrics.shared()
-    max_distance = max_distance_for(config.cache.similarity)
-    ttl_s = int(config.cache.ttl_hours * 3600)
+    max_distance = max_distance_for(setup.cache.similarity)
+    ttl_s = int(setup.cache.ttl_hours * 3600)
     caches = {
         (m.name, p): ScoreCache(client, namespace(template, m.name, p), max_distance, ttl_s)
-        for m in config.gateway.models
-        for p in range(config.scoring.passes)
+        for m in setup.gateway.models
+        for p in range(setup.scoring.passes)
     }
     lock_template(client, template, "tailcal:cache")
-    gateway = GatewayClient(config.gateway, api_base, api_key, template)
+    gateway = GatewayClient(setup.gateway, api_base, api_key, template)
     litellm.callbacks = [cb for cb in litellm.callbacks if not isinstance(cb, AttemptLogger)]
     litellm.callbacks.append(AttemptLogger(metrics))
     # A lease outlives the longest call: every attempt timing out, plus room for Retry-After waits.
-    lease_s = 2 * config.gateway.timeout_s * (config.gateway.max_retries + 1) + 60
-    ledger = BudgetLedger(client, api_key, config.budget.cap_eur, config.budget.alert_fraction, lease_s)
+    lease_s = 2 * setup.gateway.timeout_s * (setup.gateway.max_retries + 1) + 60
+    ledger = BudgetLedger(client, api_key, setup.budget.cap_eur, setup.budget.alert_fraction, lease_s)
     label = ledger_id(api_key)
     return ScoringSession(
-        config=config,
+        setup=setup,
         template=template,
         gateway=gateway,
         ledger=ledger,
-        limiter=RateLimiter(client, label, config.gateway.rpm),
+        limiter=RateLimiter(client, label, setup.gateway.rpm),
         caches=caches,
         metrics=metrics,
         ledger_label=label,
@@ -164,20 +164,20 @@ async def _score_shard_async(session: ScoringSession, candidates: Sequence[Scora
     # releases the GIL: done inline it stalls the loop, and every reply already in flight
     # (this shard's and the other shards') waits behind it. Measured in bench/scoring.py (a).
     hashes = await asyncio.to_thread(lambda: [phash64(candidate.image) for candidate in candidates])
-    leaders, followers = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
-    semaphore = _call_slots(session.config.gateway)  # runs on the background loop
+    leaders, followers = _leaders_first(hashes, max_distance_for(session.setup.cache.similarity))
+    semaphore = _call_slots(session.setup.gateway)  # runs on the background loop
     prepared: dict[int, PreparedImage] = {}
 
     async def call(index: int, pass_index: int) -> ScoreRecord:
         if index not in prepared:  # only cache misses pay for the resize + base64 data URI
             prepared[index] = await asyncio.to_thread(
-                prepare_image, candidates[index].image, session.config.gateway.max_image_side
+                prepare_image, candidates[index].image, session.setup.gateway.max_image_side
             )
         async with semaphore:
             return await _call(session, candidates[index].id, hashes[index], prepared[index], pass_index)
 
     records: list[ScoreRecord] = []
-    for pass_index in range(session.config.scoring.passes):
+    for pass_index in range(session.setup.scoring.passes):
         by_index: dict[int, ScoreRecord] = {}
         for group in (leaders, followers):
             misses = []
@@ -238,7 +238,7 @@ def estimate_hit_rate(session: ScoringSession, sample: Sequence[ScorableCandidat
         return 0.0
     hashes = [phash64(c.image) for c in sample]
     cached = [hit is not None for hit in _lookup(session, hashes, pass_index=0, count=False)]
-    leaders, _ = _leaders_first(hashes, max_distance_for(session.config.cache.similarity))
+    leaders, _ = _leaders_first(hashes, max_distance_for(session.setup.cache.similarity))
     paid = sum(1 for i in leaders if not cached[i])
     return 1 - paid / len(sample)
 
@@ -273,7 +273,7 @@ async def _call(
         token = uuid.uuid4().hex  # names this attempt's reservation and settlement, retries included
         reservation = await _reserve(session, worst, token)
         if reservation is Reservation.EXHAUSTED:
-            if session.config.budget.on_exhausted == "fallback_model" and model_index + 1 < len(models):
+            if session.setup.budget.on_exhausted == "fallback_model" and model_index + 1 < len(models):
                 model_index += 1  # the cheaper model may still fit what is left
                 continue
             session.exhausted = True
@@ -284,9 +284,9 @@ async def _call(
             )
         attempts += 1
         await session.limiter.acquire()
-        seed = session.config.scoring.base_seed + pass_index
+        seed = session.setup.scoring.base_seed + pass_index
         try:
-            reply = await session.gateway.score(image, model, seed, session.config.scoring.temperature)
+            reply = await session.gateway.score(image, model, seed, session.setup.scoring.temperature)
         except PaidReplyError as exc:
             await _settle(session, token, worst, exc.cost_eur, exc.model)
             paid_invalid_eur += exc.cost_eur
@@ -349,11 +349,11 @@ async def _settle(session: ScoringSession, token: str, reserved_eur: float, actu
         log.warning(
             "budget alert: €%.4f spent of €%.2f cap (threshold %.0f%%) for ledger %s",
             settlement.spent_eur,
-            session.config.budget.cap_eur,
-            100 * session.config.budget.alert_fraction,
+            session.setup.budget.cap_eur,
+            100 * session.setup.budget.alert_fraction,
             session.ledger_label,
         )
-        if session.config.budget.webhook_url:
+        if session.setup.budget.webhook_url:
             await _post_alert(session, settlement.spent_eur)
 
 
@@ -383,11 +383,11 @@ async def _post_alert(session: ScoringSession, spent_eur: float) -> None:
         "event": "tailcal.budget_alert",
         "ledger": session.ledger_label,
         "spent_eur": spent_eur,
-        "cap_eur": session.config.budget.cap_eur,
+        "cap_eur": session.setup.budget.cap_eur,
     }
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            await client.post(session.config.budget.webhook_url, json=payload)
+            await client.post(session.setup.budget.webhook_url, json=payload)
     except httpx.HTTPError as exc:
         log.warning("budget alert webhook failed (%s); the alert is still logged and counted", exc)
 

@@ -1,4 +1,4 @@
-"""Versioned prompt templates (`configs/prompts/<name>-v<N>.yaml`), locked once used.
+"""Versioned prompt templates (`<scoring.prompts_dir>/<name>-v<N>.yaml`), locked once used.
 
 A template's content digest is recorded in Redis the first time it is used. If a later
 run finds the same name and version with another digest while cache entries exist, the
@@ -17,8 +17,6 @@ import redis
 import yaml
 
 from tasks.errors import PromptTemplateError
-
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "prompts"
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,15 @@ class PromptTemplate:
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
-def load_template(template_id: str, prompts_dir: Path = PROMPTS_DIR) -> PromptTemplate:
+def load_template(template_id: str, prompts_dir: Path) -> PromptTemplate:
     """Load `<prompts_dir>/<template_id>.yaml`, checking name/version match the file name."""
     path = prompts_dir / f"{template_id}.yaml"
     if not path.exists():
         available = ", ".join(sorted(p.stem for p in prompts_dir.glob("*.yaml"))) or "none"
-        raise PromptTemplateError(f"prompt template {template_id} not found in {prompts_dir} (available: {available})")
+        raise PromptTemplateError(
+            f"prompt template {template_id} not found in {prompts_dir} (available: {available}): "
+            "set scoring.prompt to one of them, or scoring.prompts_dir to the folder that holds yours"
+        )
     raw = yaml.safe_load(path.read_text()) or {}
     missing = [key for key in ("name", "version", "system", "user", "response_schema") if key not in raw]
     if missing:

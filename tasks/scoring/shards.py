@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from tasks.config import TailcalConfig
+from tasks.config import PoolConfig, ScoringSetup
 from tasks.scoring.passes import ScorableCandidate, ScoreRecord, open_session, score_shard
 from tasks.scoring.prompts import PromptTemplate
 
@@ -39,14 +39,14 @@ _LOG_SCHEMA = pa.schema(
 )
 
 
-def scoring_key(config: TailcalConfig, template: PromptTemplate, pool_uri: str) -> str:
+def scoring_key(setup: ScoringSetup, template: PromptTemplate, pool: PoolConfig) -> str:
     """Identifies a scoring job across reruns: same pool, template, models and passes."""
     parts = {
-        "pool": pool_uri,
-        "subset": [config.pool.subset_size, config.pool.subset_seed],
+        "pool": pool.uri,
+        "subset": [pool.subset_size, pool.subset_seed],
         "template": [template.id, template.digest],
-        "models": [m.name for m in config.gateway.models],
-        "passes": [config.scoring.passes, config.scoring.base_seed, config.scoring.temperature],
+        "models": [m.name for m in setup.gateway.models],
+        "passes": [setup.scoring.passes, setup.scoring.base_seed, setup.scoring.temperature],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -78,7 +78,7 @@ class ShardResult:
 
 
 def score_logged_shard(
-    config: TailcalConfig,
+    setup: ScoringSetup,
     redis_url: str,
     api_base: str,
     api_key: str,
@@ -93,7 +93,7 @@ def score_logged_shard(
         return ShardResult(logged, reused_log=True)
     client = redis.Redis.from_url(redis_url)
     try:
-        session = open_session(config, client, api_base, api_key, template)
+        session = open_session(setup, client, api_base, api_key, template)
         records = score_shard(session, candidates)
     finally:
         client.close()

@@ -1,11 +1,12 @@
 """Calibration-set selection: which K pool images NNCF calibrates on, and in what order.
 
-`select_calibration_set(pool, strategy, k, seed, …) -> Selection` is the stage function;
-`SelectionInput.join(scores, candidates)` builds its input from the scores table and the
-ingested candidates' tags.
+`select_calibration_set(pool, config, profiles) -> Selection` is the stage function;
+`SelectionInput.from_table(scores)` builds its input from the scores table (with tags), and
+`describe_selection` turns the result into the run's selection.parquet and metrics.
 """
 
 from tasks.selection.coverage import LayerTargets, layer_targets, range_coverage
+from tasks.selection.outcome import SelectionOutcome, describe_selection
 from tasks.selection.pool import PoolItem, SelectionInput
 from tasks.selection.strategies import STRATEGIES, Selection, allocate, select_calibration_set
 
@@ -15,7 +16,9 @@ __all__ = [
     "PoolItem",
     "Selection",
     "SelectionInput",
+    "SelectionOutcome",
     "allocate",
+    "describe_selection",
     "layer_targets",
     "range_coverage",
     "select_calibration_set",

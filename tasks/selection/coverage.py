@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.activations import ActivationProfiles
+from tasks.calibration.profiles import ActivationProfiles
 from tasks.errors import SelectionError
 from tasks.selection.pool import PoolItem
 

@@ -29,16 +29,10 @@ from typing import get_args
 import numpy as np
 import pyarrow as pa
 
-from tasks.activations import ActivationProfiles
-from tasks.config import SelectionStrategy
+from tasks.calibration.profiles import ActivationProfiles
+from tasks.config import SelectionConfig, SelectionStrategy
 from tasks.errors import SelectionError
-from tasks.selection.coverage import (
-    DEFAULT_TAIL_QUANTILE,
-    aligned_profiles,
-    greedy_cover,
-    layer_targets,
-    range_coverage,
-)
+from tasks.selection.coverage import aligned_profiles, greedy_cover, layer_targets, range_coverage
 from tasks.selection.pool import PoolItem, SelectionInput
 
 logger = logging.getLogger(__name__)
@@ -151,15 +145,9 @@ def _require(k: int, eligible: int, strategy: str, what: str, fix: str) -> None:
 
 
 def select_calibration_set(
-    pool: SelectionInput,
-    strategy: str,
-    k: int,
-    seed: int,
-    hard_fraction: float = 0.5,
-    profiles: ActivationProfiles | np.ndarray | None = None,
-    tail_quantile: float = DEFAULT_TAIL_QUANTILE,
+    pool: SelectionInput, config: SelectionConfig, profiles: ActivationProfiles | np.ndarray | None = None
 ) -> Selection:
-    """Exactly `k` distinct candidate ids from `pool` by `strategy`, in the order to feed NNCF.
+    """Exactly `config.k` distinct candidate ids from `pool` by `config.strategy`, in the order to feed NNCF.
 
     - topk: the k hardest by difficulty, ties by id; unscored candidates are not eligible.
     - random: a uniform sample with numpy's default_rng(seed), drawn from the id-sorted pool.
@@ -167,10 +155,15 @@ def select_calibration_set(
       largest-remainder rounding, ≥ 1 per stratum when k allows; seeded sample within each.
     - hard_tail_mix: round(hard_fraction·k) (half up) hardest first, the rest stratified
       over the remaining candidates.
-    - coverage: needs `profiles` (per-candidate activation min/max, `tasks.activations`);
-      greedy picks that cover each layer's pool range (see `tasks.selection.coverage`), then
-      the rest stratified over the remaining candidates.
+    - coverage: needs `profiles` (per-candidate activation min/max,
+      `tasks.calibration.profiles`); greedy picks that cover each layer's
+      [coverage_tail_quantile, 1 − q] pool range (see `tasks.selection.coverage`), then the
+      rest stratified over the remaining candidates.
+
+    Raises SelectionError when K exceeds the eligible candidates, naming both and the fix.
     """
+    strategy, k, seed, hard_fraction = config.strategy, config.k, config.seed, config.hard_fraction
+    tail_quantile = config.coverage_tail_quantile
     if strategy not in STRATEGIES:
         raise SelectionError(f"unknown selection strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if k <= 0:
@@ -208,7 +201,7 @@ def select_calibration_set(
         if profiles is None:
             raise SelectionError(
                 "strategy 'coverage' needs activation profiles: compute them with "
-                "tasks.activations.activation_profiles on the FP IR and pass profiles="
+                "tasks.calibration.profiles.profile_pool on the FP IR and pass profiles="
             )
         _require(k, len(items), strategy, "the whole pool", " or add candidates to the pool")
         indices, values = aligned_profiles(items, profiles)

@@ -21,8 +21,9 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tasks.config import ServingConfig
-from tasks.detection.postprocess import Detections, decode_image
-from tasks.serving.difficulty import estimate_difficulty
+from tasks.detection.postprocess import Detections
+from tasks.detection.preprocess import decode_image
+from tasks.difficulty import assess
 from tasks.serving.engines import Engine
 from tasks.serving.metrics import ServingMetrics
 from tasks.serving.routing import LatencyTracker, RoutingError, choose_tier, next_higher, ordered
@@ -96,7 +97,7 @@ class Router:
             # A client error, not a tier failure: it must not trigger the fallback chain.
             raise RequestError(422, f"image is {image.shape[1]}×{image.shape[0]}; the detector takes {size}×{size} px")
         started = time.perf_counter()
-        difficulty = estimate_difficulty(image).difficulty
+        difficulty = assess(image).difficulty
         estimates = self.latency.snapshot()
         try:
             decision = choose_tier(

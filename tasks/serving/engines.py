@@ -18,17 +18,12 @@ from typing import Protocol
 import numpy as np
 
 from tasks.config import ServingConfig
-from tasks.detection.postprocess import Detections, decode_batch, preprocess
+from tasks.detection.export import IR_STEMS, Tier, ir_path
+from tasks.detection.postprocess import Detections, decode_batch
+from tasks.detection.preprocess import preprocess
 from tasks.errors import TailcalError
 
 logger = logging.getLogger(__name__)
-
-# File names a release cycle writes (quantize.py, detector.py); the mixed tier is optional.
-IR_FILE_NAMES: dict[str, str] = {
-    "int8": "detector_int8.xml",
-    "mixed": "detector_int8_ac.xml",
-    "fp16": "detector_fp16.xml",
-}
 
 
 class ServingError(TailcalError):
@@ -52,10 +47,10 @@ class TierPaths:
 
 def resolve_tier_paths(config: ServingConfig) -> TierPaths:
     """Tier IRs from explicit paths, else from `ir_dir` by the release cycle's file names."""
-    explicit = {"int8": config.int8_ir, "mixed": config.mixed_ir, "fp16": config.fp16_ir}
+    explicit: dict[Tier, Path | None] = {"int8": config.int8_ir, "mixed": config.mixed_ir, "fp16": config.fp16_ir}
     paths: dict[str, Path] = {}
-    for tier, name in IR_FILE_NAMES.items():
-        path = explicit[tier] or (config.ir_dir / name if config.ir_dir else None)
+    for tier in IR_STEMS:  # the mixed tier is optional
+        path = explicit[tier] or (ir_path(config.ir_dir, tier) if config.ir_dir else None)
         if path is None:
             continue
         if path.exists():

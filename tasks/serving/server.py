@@ -1,21 +1,21 @@
-"""Run the inference service with uvicorn: in a background thread (tests, bench) or as a CLI.
+"""Run the inference service with uvicorn: in a background thread (tests, bench) or as a command.
 
-python -m tasks.serving --ir-dir data/demo/mlartifacts/<run_id>/artifacts/ir --port 8810
+tailcal serve --ir-dir data/demo/mlartifacts/<run_id>/artifacts/ir --port 8810
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
 
 from tasks.config import ServingConfig, load_config
 from tasks.loopback import LoopbackServer
-from tasks.serving.app import create_app
-from tasks.serving.engines import load_engines, warm_up
+
+if TYPE_CHECKING:  # the app loads torch and OpenVINO (seconds): `tailcal --help` must not wait for them
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ def build_app(config: ServingConfig) -> FastAPI:
     """
     import torch
 
+    from tasks.serving.app import create_app
+    from tasks.serving.engines import load_engines, warm_up
+
     torch.set_num_threads(1)
     engines = load_engines(config)
     return create_app(engines, config, warm_up(engines, config.warmup_requests))
@@ -41,34 +44,41 @@ class BackgroundServer(LoopbackServer):
         super().__init__(app, "inference service", port)
 
 
-def _tier_path(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or name not in ("int8", "mixed", "fp16"):
-        raise argparse.ArgumentTypeError(f"--tier wants int8=PATH, mixed=PATH or fp16=PATH, got {text!r}")
-    return name, Path(path)
+def serve(
+    config_path: str | None = None,
+    ir_dir: Path | None = None,
+    int8_ir: Path | None = None,
+    mixed_ir: Path | None = None,
+    fp16_ir: Path | None = None,
+    infer_requests: int | None = None,
+    threads: int | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8810,
+) -> None:
+    """Serve POST /v1/detect, routing each image to the int8, mixed or fp16 IR; runs until Ctrl-C.
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="tailcal precision-routed detector service")
-    parser.add_argument("--config", default=None, help="YAML config; its `serving` section is used")
-    parser.add_argument("--ir-dir", type=Path, default=None, help="directory holding the tiers' IRs")
-    parser.add_argument("--tier", type=_tier_path, action="append", default=[], help="int8|mixed|fp16=PATH; only these")
-    parser.add_argument("--infer-requests", type=int, default=None, help="parallel OpenVINO requests per tier")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per OpenVINO request")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8810)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config).serving if args.config else ServingConfig()
+    Args:
+        config_path: YAML config whose `serving` section is used (default: the built-in defaults).
+        ir_dir: Directory holding a release's IRs (detector_int8.xml, detector_fp16.xml, …).
+        int8_ir: The INT8 IR; with any of the three tier options, only the tiers named are served.
+        mixed_ir: The accuracy-controlled IR (the mixed tier).
+        fp16_ir: The FP16 IR.
+        infer_requests: Parallel OpenVINO requests per tier.
+        threads: CPU threads per OpenVINO request.
+        host: Address to listen on.
+        port: TCP port to listen on.
+    """
+    config = load_config(config_path).serving if config_path else ServingConfig()
     update: dict = {}
-    if args.ir_dir:
-        update["ir_dir"] = args.ir_dir
-    if args.tier:
-        update |= {"ir_dir": None, "int8_ir": None, "mixed_ir": None, "fp16_ir": None}
-        update |= {f"{name}_ir": path for name, path in args.tier}
-    if args.infer_requests:
-        update["infer_requests_per_tier"] = args.infer_requests
-    if args.threads:
-        update["threads_per_request"] = args.threads
+    if ir_dir:
+        update["ir_dir"] = ir_dir
+    tiers = {"int8_ir": int8_ir, "mixed_ir": mixed_ir, "fp16_ir": fp16_ir}
+    if any(tiers.values()):
+        update |= {"ir_dir": None} | tiers
+    if infer_requests:
+        update["infer_requests_per_tier"] = infer_requests
+    if threads:
+        update["threads_per_request"] = threads
     config = ServingConfig.model_validate(config.model_dump() | update)
-    uvicorn.run(build_app(config), host=args.host, port=args.port, log_level="warning", access_log=False)
+    logger.info("serving on http://%s:%d/v1/detect", host, port)
+    uvicorn.run(build_app(config), host=host, port=port, log_level="warning", access_log=False)

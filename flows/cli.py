@@ -1,0 +1,131 @@
+"""The `tailcal` command: one sub-command per flow or entry point, options taken from its signature.
+
+Options, their types, defaults, choices and help come from each function's signature and
+docstring (cyclopts reads them), so a flow parameter is defined once and the command line,
+`prefect deployment run --param` and the Prefect UI all agree. A `TailcalError` ends the
+command with exit code 2 and one line on stderr; the traceback is not the user's problem.
+
+Prefect reads its settings when it is imported; the ephemeral-API defaults (a private
+`PREFECT_HOME` under the working directory, a start-up timeout fit for a busy 2-core
+machine, no analytics) are applied here, around the flow call, never on import.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import cyclopts
+
+from tasks.config import load_config
+from tasks.errors import TailcalError
+from tasks.services import prefect_environment
+
+app = cyclopts.App(
+    name="tailcal",
+    version=lambda: importlib.metadata.version("tailcal"),
+    help="INT8 calibration sets for object detectors, chosen by VLM difficulty scoring and proven on mAP.",
+    default_parameter=cyclopts.Parameter(
+        # `config_path` is the flows' parameter (deployments pass --param config_path=…); people type --config.
+        name_transform=lambda name: "config" if name == "config_path" else cyclopts.default_name_transform(name),
+        consume_multiple=True,  # --seeds 0 1 2
+        negative=(),  # --dry-run, no --no-dry-run
+    ),
+    result_action="return_value",
+)
+
+
+def _flow(module: str, name: str) -> Callable:
+    """A flow, imported when its command runs: Prefect and the stage code load only then."""
+
+    def load():
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+def _prefect_settings() -> AbstractContextManager:
+    """The ephemeral Prefect API's settings for the duration of a flow run (none with a server)."""
+    from prefect import settings
+
+    updates = prefect_environment(Path.cwd() / ".prefect")
+    if not updates:
+        return nullcontext()
+    return settings.temporary_settings({getattr(settings, name): value for name, value in updates.items()})
+
+
+def _register(command: str, load: Callable[[], Callable], signature_of: Callable) -> None:
+    """Register `command` with `signature_of`'s options; the callable `load()` returns runs it."""
+
+    def run(**kwargs):
+        if kwargs.get("config_path"):
+            load_config(kwargs["config_path"])  # a bad file fails here, before Prefect starts
+        target = load()
+        context = _prefect_settings() if hasattr(target, "fn") else nullcontext()
+        with context:
+            return target(**kwargs)
+
+    # The command takes the function's options by name only (no positional surprises), with
+    # its annotations resolved where they were written, and its docstring as the help.
+    signature = inspect.signature(signature_of, eval_str=True)
+    keyword_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+    run.__signature__ = signature.replace(parameters=keyword_only)
+    run.__doc__ = signature_of.__doc__
+    app.command(run, name=command)
+
+
+def _commands() -> None:
+    # Flow modules import Prefect (~1 s) but none of the heavy stage libraries; their
+    # signatures are read from the flow function itself.
+    from flows import ablation, drift_monitor, release_cycle, scoring, train_detector
+    from tasks.serving import server
+    from tasks.testing import reference_scorer
+
+    _register("run", _flow("flows.release_cycle", "release_cycle"), release_cycle.release_cycle.fn)
+    _register("ablate", _flow("flows.ablation", "ablation"), ablation.ablation.fn)
+    _register("score", _flow("flows.scoring", "score"), scoring.score.fn)
+    _register("drift", _flow("flows.drift_monitor", "drift_monitor"), drift_monitor.drift_monitor.fn)
+    _register("train-detector", lambda: train_detector.train_detector, train_detector.train_detector)
+    _register("serve", lambda: server.serve, server.serve)
+    _register("reference-scorer", lambda: reference_scorer.serve, reference_scorer.serve)
+
+
+_commands()
+
+
+def _one_line(error: TailcalError) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `tailcal` with `argv` (default: the process's arguments); returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tasks").setLevel(logging.INFO)
+    logging.getLogger("flows").setLevel(logging.INFO)
+    try:
+        result = app(sys.argv[1:] if argv is None else argv, exit_on_error=False, print_error=True)
+    except TailcalError as error:
+        print(f"tailcal: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except cyclopts.CycloptsError:
+        return 2
+    describe = getattr(result, "describe", None)
+    if callable(describe):
+        print(describe())
+    return 0
+
+
+def entry_point() -> None:
+    """The `tailcal` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,67 @@
+"""FP16 vs INT8: the gap the product exists to keep small, overall and per condition."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tasks.evaluation.evaluate import EvalResult
+
+
+@dataclass(frozen=True)
+class Comparison:
+    fp16: EvalResult
+    int8: EvalResult
+
+    @property
+    def gap(self) -> float:
+        """mAP@[.5:.95] points lost by INT8 (positive = INT8 worse)."""
+        return self.fp16.map - self.int8.map
+
+    @property
+    def gap50(self) -> float:
+        return self.fp16.map50 - self.int8.map50
+
+    @property
+    def per_condition_gap(self) -> dict[str, float]:
+        return _gaps(self.fp16.per_condition, self.int8.per_condition)
+
+    @property
+    def per_class_gap(self) -> dict[str, float]:
+        return _gaps(self.fp16.per_class, self.int8.per_class)
+
+    @property
+    def throughput_ratio(self) -> float | None:
+        if not self.fp16.throughput_ips or not self.int8.throughput_ips:
+            return None
+        return self.int8.throughput_ips / self.fp16.throughput_ips
+
+    def metrics(self) -> dict[str, float | None]:
+        """Flat metric names for MLflow."""
+        values: dict[str, float | None] = {
+            "fp16.map": self.fp16.map,
+            "fp16.map50": self.fp16.map50,
+            "int8.map": self.int8.map,
+            "int8.map50": self.int8.map50,
+            "gap.map": self.gap,
+            "gap.map50": self.gap50,
+            "fp16.latency_ms": self.fp16.latency_ms,
+            "int8.latency_ms": self.int8.latency_ms,
+            "int8_vs_fp16.throughput_ratio": self.throughput_ratio,
+        }
+        for condition, gap in self.per_condition_gap.items():
+            values[f"gap.map.{condition}"] = gap
+            values[f"fp16.map.{condition}"] = self.fp16.per_condition[condition]
+            values[f"int8.map.{condition}"] = self.int8.per_condition[condition]
+        for name, gap in self.per_class_gap.items():
+            values[f"gap.map.class.{name}"] = gap
+        return values
+
+
+def _gaps(fp: dict[str, float], int8: dict[str, float]) -> dict[str, float]:
+    """Per-key gaps, leaving out keys without ground truth (NaN)."""
+    return {
+        key: fp[key] - int8[key]
+        for key in sorted(fp)
+        if key in int8 and not math.isnan(fp[key]) and not math.isnan(int8[key])
+    }

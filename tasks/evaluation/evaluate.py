@@ -1,0 +1,128 @@
+"""Evaluate the detector on a labelled split: COCO mAP overall, per condition and per class, plus speed.
+
+Every path into mAP — PyTorch, FP16 IR, INT8 IR — uses the same pre- and post-processing
+(`tasks.detection`), so a gap between two results is the models' own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import EvaluationConfig
+from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
+from tasks.detection.preprocess import preprocess
+from tasks.evaluation.coco import coco_map
+from tasks.evaluation.split import EvalSplit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One model's evaluation on a COCO split; latency/throughput are None where not measured.
+
+    map/map50: mAP@[.5:.95] and mAP@.5 in [0, 1]; per_class and per_condition hold
+    mAP@[.5:.95] (NaN: no ground truth); latency_ms is batch-1 latency in ms and
+    throughput_ips images/s with parallel requests.
+    """
+
+    map: float
+    map50: float
+    per_class: dict[str, float]
+    per_condition: dict[str, float]
+    per_condition_map50: dict[str, float]
+    images: int
+    latency_ms: float | None = None
+    throughput_ips: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _result(split: EvalSplit, detections: list[Detections], **speed) -> EvalResult:
+    scored = coco_map(split.coco, dict(zip(split.image_ids, detections, strict=True)))
+    return EvalResult(
+        map=scored.map,
+        map50=scored.map50,
+        per_class=scored.per_class,
+        per_condition=scored.per_condition,
+        per_condition_map50=scored.per_condition_map50,
+        images=len(detections),
+        **speed,
+    )
+
+
+def evaluate_ir(ir_path: Path, split: EvalSplit, config: EvaluationConfig, measure_speed: bool = True) -> EvalResult:
+    """mAP of an OpenVINO IR on `split`, plus (unless `measure_speed` is off) its latency and
+    throughput over `config.latency_iterations`."""
+    from tasks.detection import runtime
+
+    detections = runtime.detect(runtime.compile_ir(ir_path), split.images)
+    speed = {}
+    if measure_speed:
+        measured = runtime.measure_speed(ir_path, split.images[0], iterations=config.latency_iterations)
+        speed = {"latency_ms": measured.latency_ms, "throughput_ips": measured.throughput_ips}
+    result = _result(split, detections, **speed)
+    logger.info("%s: mAP %.4f, mAP@.5 %.4f on %d images", ir_path.name, result.map, result.map50, result.images)
+    return result
+
+
+def evaluate_ir_cached(ir_path: Path, split: EvalSplit, config: EvaluationConfig) -> EvalResult:
+    """`evaluate_ir`, remembered beside the IR per split (by annotations digest).
+
+    For the FP16 IR, which every run and ablation cell on the same checkpoint shares.
+    """
+    cached = ir_path.parent / f"eval-{split.directory.name}-{split.digest}.json"
+    if cached.exists():
+        return EvalResult(**json.loads(cached.read_text()))
+    result = evaluate_ir(ir_path, split, config)
+    cached.write_text(json.dumps(result.as_dict()))
+    return result
+
+
+def map_validation_fn(split: EvalSplit) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
+    """mAP@[.5:.95] of a compiled IR on whichever (image id, image) items it is given: NNCF's validation_fn."""
+    from tasks.detection.runtime import detect
+
+    coco = split.coco
+
+    def validate(compiled_model, items: list[tuple[int, np.ndarray]]) -> float:
+        ids = [image_id for image_id, _ in items]
+        detections = detect(compiled_model, [image for _, image in items])
+        wanted = set(ids)
+        subset = dict(coco)
+        subset["images"] = [img for img in coco["images"] if img["id"] in wanted]
+        subset["annotations"] = [a for a in coco["annotations"] if a["image_id"] in wanted]
+        return coco_map(subset, dict(zip(ids, detections, strict=True)), breakdown=False).map
+
+    return validate
+
+
+def torch_detect(
+    model, images: list[np.ndarray], batch_size: int = 32, params: PostprocessParams = DEFAULT_PARAMS
+) -> list[Detections]:
+    """PyTorch backbone + head, then the same decoder as the IRs."""
+    import torch
+
+    from tasks.detection.model import RawHeadModel
+
+    wrapper = RawHeadModel(model).eval()
+    detections: list[Detections] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            outputs = wrapper(torch.from_numpy(preprocess(chunk)))
+            detections.extend(decode_batch(*(o.numpy() for o in outputs), chunk[0].shape[0], params))
+    return detections
+
+
+def evaluate_torch(model, split: EvalSplit) -> EvalResult:
+    """mAP of the PyTorch model (no speed: the IRs are what ships)."""
+    return _result(split, torch_detect(model, split.images))

@@ -1,3 +1,0 @@
-from tasks.serving.server import main
-
-main()

@@ -1,0 +1,216 @@
+"""The reference scorer: an OpenAI-compatible `/v1/chat/completions` server on loopback.
+
+It is a stand-in, NOT a vision-language model. It answers with `tasks.difficulty`'s
+formula (exposure, contrast, blur, noise, clutter), adds seeded noise scaled by
+`temperature` to mimic a VLM's stochasticity, and answers in the JSON schema the prompt
+asks for, with realistic `usage` token counts. It lets the embedded default and the tests
+exercise the real gateway path (litellm over HTTP) offline, including faults: 429 with
+Retry-After, 500, hangs past the client timeout, malformed JSON, prose and out-of-range
+scores, each at a configured rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from tasks.difficulty import assess
+from tasks.loopback import LoopbackServer
+
+log = logging.getLogger(__name__)
+
+IMAGE_TILE = 512  # OpenAI-style vision accounting: 85 base tokens + 170 per 512-px tile
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Fraction of requests answered with each fault (drawn independently per request)."""
+
+    rate_limit: float = 0.0
+    server_error: float = 0.0
+    hang: float = 0.0
+    malformed_json: float = 0.0
+    prose: float = 0.0
+    out_of_range: float = 0.0
+    retry_after_s: int = 1
+    hang_s: float = 30.0
+    seed: int = 0
+    failing_models: tuple[str, ...] = ()  # always answer 500, to exercise provider fallback
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    latency_s: float = 0.0
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+
+def _image_from_messages(messages: list[dict]) -> tuple[bytes, str]:
+    text_parts, image_bytes = [], b""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            text_parts.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                text_parts.append(part.get("text", ""))
+            elif part.get("type") == "image_url":
+                url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else part["image_url"]
+                image_bytes = base64.b64decode(url.split(",", 1)[1])
+    return image_bytes, "\n".join(text_parts)
+
+
+def _completion(model: str, content: str, prompt_tokens: int) -> dict:
+    completion_tokens = max(1, math.ceil(len(content) / 4))
+    return {
+        "id": f"chatcmpl-ref-{time.time_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}},
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]]) -> FastAPI:
+    """The ASGI app. `stats` counts requests by outcome (plus `in_flight` and its
+    `peak_in_flight`); `answered` lists (image sha256[:16], seed) for every completion
+    returned, i.e. every call a real provider would bill."""
+    app = FastAPI(title="tailcal reference scorer (not a VLM)")
+    faults = settings.faults
+    draw = random.Random(faults.seed)
+    lock = threading.Lock()
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "reference-vlm", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        with lock:
+            stats["in_flight"] += 1
+            stats["peak_in_flight"] = max(stats["peak_in_flight"], stats["in_flight"])
+        try:
+            return await answer(request)
+        finally:
+            with lock:
+                stats["in_flight"] -= 1
+
+    async def answer(request: Request):
+        body = await request.json()
+        with lock:
+            stats["requests"] += 1
+            roll = draw.random()
+        if settings.latency_s:
+            await asyncio.sleep(settings.latency_s)
+        if body.get("model") in faults.failing_models:
+            stats["model_down"] += 1
+            return JSONResponse({"error": {"message": "model unavailable (injected)"}}, status_code=500)
+        edges = np.cumsum(
+            [
+                faults.rate_limit,
+                faults.server_error,
+                faults.hang,
+                faults.malformed_json,
+                faults.prose,
+                faults.out_of_range,
+            ]
+        )
+        outcome = ["rate_limit", "server_error", "hang", "malformed_json", "prose", "out_of_range", "ok"][
+            int(np.searchsorted(edges, roll, side="right"))
+        ]
+        if outcome == "rate_limit":
+            stats["rate_limit"] += 1
+            return JSONResponse(
+                {"error": {"message": "rate limited (injected)", "type": "rate_limit_error", "code": "429"}},
+                status_code=429,
+                headers={"Retry-After": str(faults.retry_after_s)},
+            )
+        if outcome == "server_error":
+            stats["server_error"] += 1
+            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
+        if outcome == "hang":
+            stats["hang"] += 1
+            await asyncio.sleep(faults.hang_s)
+
+        image_bytes, text = _image_from_messages(body.get("messages", []))
+        try:
+            image = Image.open(io.BytesIO(image_bytes))
+            image.load()
+        except Exception as exc:  # any undecodable payload is the client's error, as a provider would say
+            stats["bad_request"] += 1
+            message = f"could not decode image: {exc.__class__.__name__}"
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
+        assessment = assess(image)
+        seed = body.get("seed") or 0
+        temperature = float(body.get("temperature") if body.get("temperature") is not None else 1.0)
+        digest = hashlib.sha256(image_bytes).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big") ^ (int(seed) * 0x9E3779B97F4A7C15 & (2**64 - 1)))
+        difficulty = min(1.0, max(0.0, assessment.difficulty + rng.gauss(0.0, 0.06 * temperature)))
+        content = json.dumps({"difficulty": round(difficulty, 4), "factors": list(assessment.factors)})
+        if outcome == "malformed_json":
+            content = content[: len(content) // 2]
+        elif outcome == "prose":
+            content = f"This frame looks moderately hard; I would rate it about {difficulty:.2f}."
+        elif outcome == "out_of_range":
+            content = json.dumps({"difficulty": 1.0 + rng.random(), "factors": []})
+        stats[outcome] += 1
+        with lock:
+            answered.append((digest.hex()[:16], int(seed)))
+        tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
+        prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
+        return _completion(body.get("model", "reference-vlm"), content, prompt_tokens)
+
+    return app
+
+
+class ReferenceScorer(LoopbackServer):
+    """Runs the scorer in a background thread on 127.0.0.1 (an ephemeral port by default).
+    `stats` counts requests by outcome; `answered` lists the (image, seed) pairs billed."""
+
+    def __init__(self, settings: ScorerSettings | None = None, port: int = 0) -> None:
+        self.settings = settings or ScorerSettings()
+        self.stats: Counter = Counter()
+        self.answered: list[tuple[str, int]] = []
+        app = create_app(self.settings, self.stats, self.answered)
+        super().__init__(app, "reference scorer", port, timeout_keep_alive=30)
+
+    @property
+    def base_url(self) -> str:
+        return f"{super().base_url}/v1"
+
+
+def serve(port: int = 8808, latency_s: float = 0.0) -> None:
+    """Run the reference scorer (a stand-in, not a VLM) on 127.0.0.1 until Ctrl-C.
+
+    Point `gateway.url` at the address it logs to score through it like a real gateway.
+
+    Args:
+        port: TCP port on 127.0.0.1; 0 picks a free one.
+        latency_s: Seconds added to every reply, to mimic a provider's latency.
+    """
+    server = ReferenceScorer(ScorerSettings(latency_s=latency_s), port=port)
+    server.start()
+    log.info("reference scorer (not a VLM) listening on %s", server.base_url)
+    server.wait_for_interrupt()

@@ -1,0 +1,117 @@
+"""Config loading: valid files load; bad ones fail at start naming key, value and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config import TailcalConfig, load_config
+from tasks.errors import ConfigError
+from tests.support import ROOT
+
+pytestmark = pytest.mark.unit
+
+CONFIGS = ROOT / "configs"
+
+MINIMAL = """
+gateway:
+  models: [{name: m, input_eur_per_mtok: 0.1, output_eur_per_mtok: 0.4}]
+budget:
+  cap_eur: 1.0
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "release.yaml", "ablation.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_config(CONFIGS / name)
+    assert isinstance(config, TailcalConfig), f"{name} should load into a TailcalConfig"
+
+
+def test_minimal_config_gets_documented_defaults(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.cache.similarity == 0.92, "default near-duplicate similarity is 0.92"
+    assert config.cache.ttl_hours == 168, "default cache TTL is 168 h"
+    assert config.scoring.passes == 2, "default is two scoring passes"
+    assert config.quantization.range_estimator == "MEAN_MINMAX", "NNCF's default estimator"
+    assert config.pool.uri.endswith("data/demo/pool"), "pool defaults to <data_dir>/pool"
+    assert Path(config.pool.uri).is_absolute(), "the default pool path is resolved to absolute"
+    assert config.data.data_dir.is_absolute(), "data_dir is resolved to absolute at load"
+    assert config.evaluation.dataset_dir == config.data.data_dir / "eval", "eval defaults to <data_dir>/eval"
+    assert config.scoring.prompts_dir == (Path.cwd() / "configs" / "prompts").resolve(), "prompts_dir resolved"
+
+
+def test_unknown_key_names_the_key_and_lists_allowed(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "selection:\n  strategie: topk\n"))
+    message = str(err.value)
+    assert "selection.strategie" in message, f"message should name the bad key: {message}"
+    assert "strategy" in message and "hard_fraction" in message, f"message should list allowed keys: {message}"
+
+
+def test_bad_enum_names_key_value_and_choices(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "quantization:\n  range_estimator: MAXMIN\n"))
+    message = str(err.value)
+    assert "quantization.range_estimator" in message, message
+    assert "'MAXMIN'" in message, f"message should show the bad value: {message}"
+    assert "MEAN_QUANTILE" in message, f"message should list allowed values: {message}"
+
+
+def test_out_of_range_number_names_key_and_bound(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "cache:\n  similarity: 1.5\n"))
+    message = str(err.value)
+    assert "cache.similarity" in message and "1.5" in message, message
+    assert "less than or equal to 1" in message, f"message should state the bound: {message}"
+
+
+def test_missing_required_section_is_named(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "budget:\n  cap_eur: 1.0\n"))
+    assert "gateway: required but missing" in str(err.value), str(err.value)
+
+
+def test_secret_in_yaml_is_refused_with_a_pointer_to_the_environment(tmp_path):
+    text = MINIMAL.replace("gateway:\n", "gateway:\n  api_key: sk-not-here\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "gateway.api_key" in message and "environment" in message, message
+    assert "sk-not-here" not in message, "the secret value itself must not be echoed"
+
+
+def test_fallback_degradation_requires_a_model(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL.replace("cap_eur: 1.0", "cap_eur: 1.0\n  on_exhausted: fallback_model")))
+    assert "fallback_model" in str(err.value), str(err.value)
+
+
+def test_gateway_url_must_be_http_or_embedded(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL.replace("gateway:\n", "gateway:\n  url: ftp://x\n")))
+    assert "gateway" in str(err.value) and "ftp://x" in str(err.value), str(err.value)
+
+
+def test_missing_file_and_bad_yaml_say_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "gateway: [unclosed\n"))
+
+
+def test_dotted_overrides_are_validated_like_the_file(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), {"selection.k": 64, "selection.strategy": "random"})
+    assert (config.selection.k, config.selection.strategy) == (64, "random"), "overrides apply"
+    with pytest.raises(ConfigError, match=r"selection\.k"):
+        load_config(write(tmp_path, MINIMAL), {"selection.k": 0})
+
+
+def test_config_is_frozen(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL))
+    with pytest.raises(ValueError):
+        config.selection.k = 5

@@ -1,0 +1,62 @@
+"""The drift-monitor flow body end to end on a small real pool with SQLite MLflow."""
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from tests.support import DRIFT_THRESHOLD as THRESHOLD
+from tests.support import darken
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_drift_monitor_flow_logs_psi_and_verdict_to_mlflow(drift_pool, tmp_path, monkeypatch):
+    # given a release's scores.parquet over the pool and a darkened production pool, when the flow body runs,
+    # then PSI per feature and drift.recalibrate land in MLflow and the report file
+    from mlflow import MlflowClient
+
+    from flows.drift_monitor import drift_monitor
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    table = pq.read_table(drift_pool)
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(table.select(["id", "condition"]), scores)
+    dark_dir = tmp_path / "production"
+    dark_dir.mkdir()
+    images = []
+    for jpeg in table.column("image").to_pylist():
+        buffer = io.BytesIO()
+        Image.fromarray(darken(jpeg)).save(buffer, format="JPEG", quality=95)
+        images.append(buffer.getvalue())
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), dark_dir / "p.parquet")
+    config = {
+        "data": {"data_dir": str(tmp_path / "data"), "synthetic": None},
+        "pool": {"uri": str(drift_pool)},
+        "gateway": {"models": [{"name": "m", "input_eur_per_mtok": 0.1, "output_eur_per_mtok": 0.1}]},
+        "budget": {"cap_eur": 1.0},
+        "drift": {"min_samples": 30},
+        "tracking": {"experiment": "drift-test"},
+    }
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    summary = drift_monitor.fn(
+        config_path=str(config_path), reference_path=str(scores), production_uri=str(dark_dir), psi_threshold=THRESHOLD
+    )
+
+    report = summary.report
+    assert report.recalibrate and "brightness" in report.drifted, f"darkened production drifts: {summary}"
+    assert report.n_reference == report.n_production == 120, f"whole pool both sides: {summary}"
+    uri = f"sqlite:///{(tmp_path / 'data' / 'mlflow.db').resolve()}"
+    run = MlflowClient(uri).get_run(summary.mlflow_run_id)
+    assert run.data.metrics["drift.recalibrate"] == 1.0, f"verdict metric: {run.data.metrics}"
+    assert run.data.metrics["drift.psi.brightness"] > THRESHOLD, f"PSI per feature: {run.data.metrics}"
+    assert run.data.tags["drift.recalibrate"] == "true", f"verdict tag: {run.data.tags}"
+    written = json.loads(Path(summary.report_path).read_text())
+    assert set(written["features"]) >= {"difficulty", "brightness", "condition"}, f"report features: {written}"
+    assert "recalibrate: True" in summary.describe(), "the command line prints the verdict"

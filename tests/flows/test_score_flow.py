@@ -1,0 +1,80 @@
+"""`tailcal score` end to end on the embedded default: the dry run forecasts and pays nothing;
+the real run writes scores.parquet and an MLflow run; a rerun pays nothing; a user error
+inside the flow is one line and exit code 2."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from flows.cli import main
+from tests.support import write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("score-flow")
+    return write_config(
+        work / "score.yaml",
+        data={"data_dir": str(work / "data"), "synthetic": {"seed": 9, "pool_size": 48, "eval_size": 4}},
+        scoring={"passes": 2, "shard_size": 16},
+        tracking={"experiment": "score-e2e"},
+    )
+
+
+@pytest.fixture(autouse=True)
+def embedded_services(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _summary_value(out: str, label: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith(label))
+
+
+def test_dry_run_prints_the_forecast_and_pays_nothing(config_path, capsys):
+    # when
+    code = main(["score", "--config", str(config_path), "--dry-run"])
+    # then
+    out = capsys.readouterr().out
+    data = config_path.parent / "data"
+    assert code == 0, out
+    assert "cost forecast: 48 candidates × 2 passes" in out, f"the forecast names the pool and passes:\n{out}"
+    assert "nothing was sent to the gateway" in out, out
+    assert not (data / "score-logs").exists(), "a dry run scores no shard"
+    assert not (data / "runs").exists(), "a dry run leaves no run behind"
+
+
+def test_scoring_run_writes_scores_and_an_mlflow_run_and_a_rerun_pays_nothing(config_path, capsys):
+    # when scored twice
+    first = main(["score", "--config", str(config_path), "--release-id", "score-1"])
+    first_out = capsys.readouterr().out
+    second = main(["score", "--config", str(config_path), "--release-id", "score-2"])
+    second_out = capsys.readouterr().out
+    # then
+    assert first == 0 and second == 0, first_out + second_out
+    paid = int(_summary_value(first_out, "scoring").split()[1])
+    assert paid > 0, f"the first run pays for misses: {first_out}"
+    assert _summary_value(second_out, "scoring").split()[1] == "0", f"a rerun pays nothing:\n{second_out}"
+    scores_path = Path(_summary_value(first_out, "scores").split()[-1])
+    table = pq.read_table(scores_path)
+    assert table.num_rows == 48 and table.column("difficulty").null_count == 0, "every candidate scored"
+    run_id = _summary_value(first_out, "MLflow run").split()[-1]
+    client = MlflowClient(f"sqlite:///{(config_path.parent / 'data' / 'mlflow.db').resolve()}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "scoring", run.data.tags
+    assert run.data.metrics["scoring.calls"] == paid, "MLflow holds the paid calls the summary printed"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert "scores.parquet" in artifacts, f"scores.parquet logged: {artifacts}"
+
+
+def test_an_error_inside_the_flow_is_one_line_and_exit_2(config_path, capsys):
+    # when the prompt template does not exist (found only once the flow runs)
+    code = main(["score", "--config", str(config_path), "--prompt", "nope-v9", "--dry-run"])
+    # then
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+    assert code == 2, "a TailcalError exits 2"
+    assert len(err_lines) == 1 and "nope-v9" in err_lines[0] and "scoring.prompt" in err_lines[0], err_lines

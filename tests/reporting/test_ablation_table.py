@@ -1,0 +1,148 @@
+"""The ablation table: cells grouped by (K, strategy, estimator), the gap's mean and sample
+standard deviation over seeds, per-condition means over the seeds that measured the condition,
+sorted rows, and the markdown rendering."""
+
+import statistics
+
+import pytest
+
+from tasks.reporting.ablation_table import Cell, TableRow, render_table, summarize_cells
+
+pytestmark = pytest.mark.unit
+
+
+def _cell(k, strategy, estimator, seed, gap, int8_map=0.3, per_condition=None) -> Cell:
+    return Cell(
+        k=k,
+        strategy=strategy,
+        estimator=estimator,
+        seed=seed,
+        gap=gap,
+        int8_map=int8_map,
+        per_condition_gap=per_condition or {},
+    )
+
+
+def test_summarize_groups_by_k_strategy_estimator_with_mean_and_sample_std():
+    # given three seeds of one configuration, interleaved with a different estimator
+    cells = [
+        _cell(64, "random", "MINMAX", 0, 0.010, int8_map=0.30),
+        _cell(64, "random", "MEAN_MINMAX", 0, 0.100),
+        _cell(64, "random", "MINMAX", 1, 0.020, int8_map=0.32),
+        _cell(64, "random", "MINMAX", 2, 0.060, int8_map=0.34),
+    ]
+    # when
+    rows = summarize_cells(cells)
+    # then one row per (K, strategy, estimator)
+    keys = [(row.k, row.strategy, row.estimator) for row in rows]
+    assert keys == [(64, "random", "MEAN_MINMAX"), (64, "random", "MINMAX")], f"one sorted row per group: {keys}"
+    minmax = rows[1]
+    assert minmax.seeds == 3, f"three seeds in the MINMAX group: {minmax.seeds}"
+    assert minmax.gap_mean == pytest.approx(0.03), f"mean of 0.01, 0.02, 0.06: {minmax.gap_mean}"
+    # sample (n − 1) std: sqrt(((−0.02)² + (−0.01)² + 0.03²) / 2) = sqrt(0.0007)
+    assert minmax.gap_std == pytest.approx(0.0007**0.5), f"sample std over seeds: {minmax.gap_std}"
+    assert minmax.gap_std != pytest.approx(statistics.pstdev([0.01, 0.02, 0.06])), "population std is not the spec"
+    assert minmax.int8_map_mean == pytest.approx(0.32), f"INT8 mAP mean: {minmax.int8_map_mean}"
+
+
+def test_summarize_gives_std_zero_for_a_single_seed():
+    rows = summarize_cells([_cell(32, "hard_tail_mix", "MINMAX", 7, -0.015)])
+    assert len(rows) == 1, f"one cell, one row: {rows}"
+    assert rows[0].seeds == 1 and rows[0].gap_std == 0.0, f"single seed has std 0, not an error: {rows[0]}"
+    assert rows[0].gap_mean == pytest.approx(-0.015), f"mean of one value is that value: {rows[0].gap_mean}"
+
+
+def test_summarize_averages_each_condition_over_the_seeds_that_have_it():
+    # given a condition ("fog") measured by only one of two seeds
+    cells = [
+        _cell(64, "random", "MINMAX", 0, 0.01, per_condition={"low_light": 0.04, "fog": 0.10}),
+        _cell(64, "random", "MINMAX", 1, 0.02, per_condition={"low_light": 0.02}),
+    ]
+    # when
+    (row,) = summarize_cells(cells)
+    # then fog's mean is over the one seed that has it, not diluted by the other
+    assert list(row.per_condition_gap) == ["fog", "low_light"], f"conditions sorted: {list(row.per_condition_gap)}"
+    assert row.per_condition_gap["low_light"] == pytest.approx(0.03), f"low_light mean: {row.per_condition_gap}"
+    assert row.per_condition_gap["fog"] == pytest.approx(0.10), f"fog over its one seed: {row.per_condition_gap}"
+
+
+def test_summarize_sorts_rows_by_k_then_strategy_then_estimator():
+    cells = [
+        _cell(256, "random", "MINMAX", 0, 0.0),
+        _cell(64, "random", "MINMAX", 0, 0.0),
+        _cell(64, "hard_tail_mix", "MINMAX", 0, 0.0),
+        _cell(64, "hard_tail_mix", "MEAN_MINMAX", 0, 0.0),
+        _cell(128, "random", "MINMAX", 0, 0.0),
+    ]
+    keys = [(row.k, row.strategy, row.estimator) for row in summarize_cells(cells)]
+    assert keys == [
+        (64, "hard_tail_mix", "MEAN_MINMAX"),
+        (64, "hard_tail_mix", "MINMAX"),
+        (64, "random", "MINMAX"),
+        (128, "random", "MINMAX"),
+        (256, "random", "MINMAX"),
+    ], f"rows sorted numerically by K, then strategy, then estimator: {keys}"
+
+
+def _row(k, strategy, gap_mean, gap_std, per_condition) -> TableRow:
+    return TableRow(
+        k=k,
+        strategy=strategy,
+        estimator="MINMAX",
+        seeds=3,
+        gap_mean=gap_mean,
+        gap_std=gap_std,
+        int8_map_mean=0.31234,
+        per_condition_gap=per_condition,
+    )
+
+
+def test_render_table_header_alignment_and_one_signed_line_per_row():
+    # given two rows, one with INT8 worse (positive gap) and one better (negative), and a condition only one has
+    rows = [
+        _row(64, "random", 0.0123, 0.0045, {"low_light": 0.05, "fog": -0.01}),
+        _row(128, "hard_tail_mix", -0.002, 0.001, {"low_light": -0.03}),
+    ]
+    # when
+    lines = render_table(rows, fp16_map=0.4).splitlines()
+    # then
+    assert lines[0] == "FP16 mAP@[.5:.95] = 0.4000. Gap = FP16 − INT8 (positive: INT8 worse).", f"caption: {lines[0]}"
+    assert lines[1] == "", f"blank line after caption: {lines[1]!r}"
+    assert lines[2] == "| K | strategy | estimator | seeds | gap mean ± std | INT8 mAP | fog | low_light |", (
+        f"header with sorted condition columns: {lines[2]!r}"
+    )
+    assert lines[3] == "|---|---|---|---:|---:|---:|---:|---:|", f"text left, numbers right: {lines[3]!r}"
+    assert len(lines) == 6, f"one line per row after header and alignment: {lines}"
+    assert lines[4] == "| 64 | random | MINMAX | 3 | +0.0123 ± 0.0045 | 0.3123 | -0.0100 | +0.0500 |", (
+        f"first row with signed gaps: {lines[4]!r}"
+    )
+    second = [cell.strip() for cell in lines[5].strip("|").split("|")]
+    assert second[:6] + second[7:] == [
+        "128",
+        "hard_tail_mix",
+        "MINMAX",
+        "3",
+        "-0.0020 ± 0.0010",
+        "0.3123",
+        "-0.0300",
+    ], f"second row with a negative gap when INT8 is better: {lines[5]!r}"
+    assert "nan" in second[6].lower(), f"a condition the row did not measure shows as nan, not a number: {second[6]!r}"
+    assert lines[2].count("|") == lines[3].count("|") == lines[4].count("|"), "header, alignment, rows agree in width"
+
+
+def test_render_table_ends_with_a_newline():
+    text = render_table([_row(64, "random", 0.01, 0.0, {})], fp16_map=0.4)
+    assert text.endswith(" |\n"), f"markdown ends with a newline after the last row: {text[-10:]!r}"
+
+
+def test_as_record_rounds_key_figures_to_4_decimals():
+    row = _row(64, "random", 0.012345678, 0.00456789, {"low_light": 0.1})
+    record = row.as_record()
+    assert record == {
+        "k": 64,
+        "strategy": "random",
+        "estimator": "MINMAX",
+        "seeds": 3,
+        "gap_mean": 0.0123,
+        "gap_std": 0.0046,
+    }, f"record with gap figures rounded to 4 decimals: {record}"

@@ -1,0 +1,98 @@
+"""Pure scoring logic: strict reply parsing, near-duplicate grouping, pass combination."""
+
+import pytest
+
+from tasks.scoring.gateway import ReplyError, parse_reply
+from tasks.scoring.passes import ScoreRecord, _leaders_first
+from tasks.scoring.ratelimit import LATE_WAKE_S, slot_interval_s
+from tasks.scoring.results import CostForecast, scores_table, summarize
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"difficulty": 0.25, "factors": ["low_light"]}', (0.25, ("low_light",))),
+        ('{"difficulty": 1, "factors": []}', (1.0, ())),
+        ('{"difficulty": 0}', (0.0, ())),
+    ],
+)
+def test_valid_replies_parse(content, expected):
+    assert parse_reply(content) == expected, f"{content} should parse"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("The frame is hard, about 0.7.", "not JSON"),
+        ('{"difficulty": 0.4, "factors": [', "not JSON"),
+        ('{"difficulty": NaN}', "out of range"),
+        ('{"difficulty": -0.1}', "out of range"),
+        ('{"difficulty": 1.2}', "out of range"),
+        ('{"difficulty": "0.5"}', "not a number"),
+        ('{"difficulty": true}', "not a number"),
+        ('{"difficulty": 0.5, "factors": "blur"}', "not a list"),
+        ("[0.5]", "not an object"),
+        ("", "empty"),
+    ],
+)
+def test_invalid_replies_are_rejected_with_the_reason(content, reason):
+    with pytest.raises(ReplyError, match=reason):
+        parse_reply(content)
+
+
+def test_near_duplicates_follow_their_leader():
+    base = 0xF0F0F0F0F0F0F0F0
+    hashes = [base, base ^ 0b111, 0x0F0F0F0F0F0F0F0F, base ^ 0b111111, 0x0F0F0F0F0F0F0F0F ^ 1]
+    leaders, followers = _leaders_first(hashes, max_distance=5)
+    assert leaders == [0, 2, 3], "a frame 6 bits away from every leader leads its own group"
+    assert followers == [1, 4], "frames within 5 bits of a leader wait for its score"
+
+
+def _record(cid, p, status, difficulty, cost=0.0, reason=""):
+    return ScoreRecord(cid, p, status, difficulty, cost_eur=cost, model="m", reason=reason)
+
+
+def test_scores_table_means_passes_and_keeps_reasons():
+    records = [
+        _record("a", 0, "scored", 0.2, cost=1e-4),
+        _record("a", 1, "cached", 0.4),
+        _record("b", 0, "failed", None, reason="InternalServerError (HTTP 500)"),
+        _record("b", 1, "scored", 0.9, cost=1e-4),
+        _record("c", 0, "unscored", None, reason="budget exhausted"),
+        _record("c", 1, "unscored", None, reason="budget exhausted"),
+    ]
+    table = scores_table(records, passes=2).to_pylist()
+    assert table[0]["difficulty"] == pytest.approx(0.3), "mean of both passes"
+    assert table[1]["difficulty"] == 0.9, "a failed pass is left out of the mean"
+    assert table[2]["difficulty"] is None and table[2]["reason"] == "budget exhausted", "unscored is explicit"
+    assert table[0]["cached_passes"] == 1 and table[0]["cost_eur"] == pytest.approx(1e-4), "cache and cost per row"
+
+
+def test_summary_reports_spearman_between_passes_and_spend():
+    order = [0.1, 0.5, 0.3, 0.9, 0.7]
+    records = [_record(f"i{n}", 0, "scored", v, cost=1e-4) for n, v in enumerate(order)]
+    records += [_record(f"i{n}", 1, "cached", v + 0.01) for n, v in enumerate(order)]
+    summary = summarize(records, passes=2)
+    assert summary.spearman == pytest.approx(1.0), "same ranking in both passes"
+    assert summary.cache_hit_rate == 0.5 and summary.calls == 5, "half the look-ups hit"
+    assert summary.spend_eur_per_pass == pytest.approx((5e-4, 0.0)), "spend per pass"
+
+
+def test_forecast_is_candidates_times_passes_times_misses_times_price():
+    forecast = CostForecast(candidates=2000, passes=2, expected_hit_rate=0.4, eur_per_call=0.0001)
+    assert forecast.calls == 2400 and forecast.eur == pytest.approx(0.24), "2000·2·0.6 calls at €0.0001"
+    assert "2000 candidates × 2 passes" in forecast.describe(), forecast.describe()
+
+
+@pytest.mark.parametrize("rpm", [1, 2, 60, 1200, 3000, 100_000])
+def test_late_wakers_never_put_more_than_rpm_sends_in_a_minute(rpm):
+    # exact 60/rpm spacing (the old limiter) fails this: one more send fits a window
+    # given slots at the limiter's spacing, each send as late as a waiter may wake, placed
+    # adversarially (early slots as late as possible, the window right after them)
+    interval = slot_interval_s(rpm)
+    # then the most sends any 60 s window can hold is within the limit
+    most = int((60 + LATE_WAKE_S) / interval + 1e-9) + 1
+    assert most <= rpm, f"rpm {rpm}: a 60 s window can hold {most} sends"
+    assert interval <= 60 / rpm * 1.05 or rpm < 30, f"rpm {rpm}: spacing {interval:.4f} s gives away > 5 % of the rate"
