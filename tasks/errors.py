@@ -25,10 +25,6 @@ class ServiceError(TailcalError):
     """An embedded or external service (Valkey/Redis, MLflow) could not be reached or started."""
 
 
-class BudgetExhausted(TailcalError):
-    """The virtual key's EUR cap leaves no room for another call."""
-
-
 class GatewayError(TailcalError):
     """The gateway could not be used (bad URL, missing key, every model failing)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import mlflow.data
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from tasks.config import RuntimeEnv, TailcalConfig
 from tasks.services import mlflow_artifact_root, mlflow_tracking_uri
@@ -110,10 +110,6 @@ def log_params(run: RunHandle, params: dict[str, str]) -> None:
     items = [Param(key, value) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.run_id, params=items[start : start + 100])
-
-
-def set_tags(run: RunHandle, tags: dict[str, str]) -> None:
-    MlflowClient(run.tracking_uri).log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def log_artifact(run: RunHandle, path: str, artifact_path: str | None = None) -> None:

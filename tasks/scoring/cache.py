@@ -130,10 +130,6 @@ class ScoreCache:
             pipe.expire(key, self._ttl_s)
         pipe.execute()
 
-    def has_entries(self) -> bool:
-        """True when any entry of this namespace exists (used to lock prompt templates)."""
-        return next(iter(self._client.scan_iter(match=f"{self._prefix}:e:*", count=1000)), None) is not None
-
 
 def _band_layout(bands: int) -> list[tuple[int, int]]:
     """(shift, mask) per band, splitting 64 bits as evenly as possible."""

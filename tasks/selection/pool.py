@@ -1,13 +1,11 @@
-"""What selection reads: each candidate's id, difficulty and strata tags, joined from scores and ingest."""
+"""What selection reads: each candidate's id, difficulty and strata tags, from the scores table."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import pyarrow as pa
 
@@ -16,14 +14,6 @@ from tasks.errors import SelectionError
 logger = logging.getLogger(__name__)
 
 UNKNOWN_STRATUM = "unknown"
-
-
-class CandidateMeta(Protocol):
-    """The metadata selection needs; `tasks.ingest.models.Candidate` has it."""
-
-    id: str
-    condition: str | None
-    class_hint: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,24 +64,3 @@ class SelectionInput:
         untagged = [None] * table.num_rows
         columns = (rows["id"], rows["difficulty"], rows.get("condition", untagged), rows.get("class_hint", untagged))
         return cls(tuple(PoolItem(str(i), d, c, h) for i, d, c, h in zip(*columns, strict=True)))
-
-    @classmethod
-    def join(cls, scores: pa.Table, candidates: Iterable[CandidateMeta]) -> SelectionInput:
-        """The pool is `candidates`; each takes its mean difficulty from `scores` (None when unscored).
-
-        A score for an id that is not in the pool means the scores and the pool disagree
-        (another pool, or a filter changed), which would silently drop or invent candidates:
-        it is an error.
-        """
-        difficulty = dict(zip(scores.column("id").to_pylist(), scores.column("difficulty").to_pylist(), strict=True))
-        items = tuple(PoolItem(c.id, difficulty.pop(c.id, None), c.condition, c.class_hint) for c in candidates)
-        if difficulty:
-            extra = sorted(difficulty)
-            raise SelectionError(
-                f"scores hold {len(extra)} id(s) not in the candidate pool (e.g. {extra[:3]}): "
-                "score and select the same pool (same pool.uri and filters)"
-            )
-        unscored = sum(not item.scored for item in items)
-        if unscored:
-            logger.info("selection input: %d of %d candidates have no difficulty", unscored, len(items))
-        return cls(items)

@@ -8,7 +8,6 @@ from pydantic import ValidationError
 from tasks.calibration.profiles import ActivationProfiles
 from tasks.config import SelectionConfig
 from tasks.errors import SelectionError
-from tasks.ingest.models import Candidate
 from tasks.selection import (
     STRATEGIES,
     PoolItem,
@@ -219,19 +218,7 @@ def test_coverage_needs_profiles_that_match_the_pool(pool):
         select_calibration_set(pool, SelectionConfig(strategy="coverage", k=5, seed=0), np.zeros((3, 2, 2)))
 
 
-def test_join_takes_tags_from_candidates_and_scores_by_id():
-    def candidate(i, condition):
-        return Candidate(id=i, image=b"", digest="0", width=1, height=1, condition=condition, class_hint="car")
-
-    scores = pa.table({"id": ["b", "a"], "difficulty": [0.7, None]})
-    joined = SelectionInput.join(scores, [candidate("a", "fog"), candidate("b", None), candidate("c", "rain")])
-    assert joined.items == (
-        PoolItem("a", None, "fog", "car"),
-        PoolItem("b", 0.7, None, "car"),
-        PoolItem("c", None, "rain", "car"),
-    ), f"join wrong: {joined.items}"
-    with pytest.raises(SelectionError, match="not in the candidate pool"):
-        SelectionInput.join(pa.table({"id": ["z"], "difficulty": [0.1]}), [candidate("a", None)])
+def test_a_pool_with_a_repeated_id_is_refused():
     with pytest.raises(SelectionError, match="more than once"):
         SelectionInput((PoolItem("a"), PoolItem("a")))
 
