@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tasks.calibration.clipping import ClippingReport
     from tasks.calibration.profiles import ActivationProfiles
     from tasks.calibration.quantize import QuantizeResult
+    from tasks.detection.runtime import Speed
     from tasks.evaluation.comparison import Comparison
     from tasks.evaluation.evaluate import EvalResult
     from tasks.evaluation.split import EvalSplit
@@ -108,17 +109,25 @@ def quantize(
 
 @task(name="evaluate-ir", cache_policy=NONE)
 def evaluate(ir_path: Path, split: EvalSplit, evaluation: EvaluationConfig) -> EvalResult:
+    """mAP only: speed is measured for both IRs together (`measure_speeds`)."""
     from tasks.evaluation.evaluate import evaluate_ir
 
-    return evaluate_ir(ir_path, split, evaluation)
+    return evaluate_ir(ir_path, split, evaluation, measure_speed=False)
 
 
 @task(name="evaluate-fp16-ir", cache_policy=NONE)
 def evaluate_fp16(ir_path: Path, split: EvalSplit, evaluation: EvaluationConfig) -> EvalResult:
-    """FP16 mAP and speed, remembered beside the IR: every run and ablation cell reuses it."""
+    """FP16 mAP, remembered beside the IR: every run and ablation cell reuses it."""
     from tasks.evaluation.evaluate import evaluate_ir_cached
 
     return evaluate_ir_cached(ir_path, split, evaluation)
+
+
+@task(name="measure-speed", cache_policy=NONE)
+def measure_speeds(ir_paths: list[Path], split: EvalSplit, evaluation: EvaluationConfig) -> dict[Path, Speed]:
+    from tasks.evaluation.evaluate import measure_speeds as measure
+
+    return measure(ir_paths, split, evaluation)
 
 
 @task(name="activation-clipping", cache_policy=NONE)
@@ -152,11 +161,18 @@ def calibrate_and_compare(
     ids: Sequence[str],
     out_dir: Path,
 ) -> CalibrationOutcome:
-    """Quantize on exactly `ids` (in order), evaluate INT8 against FP16, and measure clipping."""
+    """Quantize on exactly `ids` (in order), evaluate INT8 against FP16, and measure clipping.
+
+    Both IRs' speeds are measured here, together, so their ratio compares like with like.
+    """
     from tasks.evaluation.comparison import Comparison
+    from tasks.evaluation.evaluate import with_speed
 
     images = collect_calibration_images(pool, ids)
     quantized = quantize(fp_ir, images, quantization, out_dir, split)
-    int8 = evaluate(quantized.int8_ir_path, split, evaluation)
-    report = clipping(quantized.int8_ir_path, fp_ir, split, evaluation)
-    return CalibrationOutcome(quantized, Comparison(fp16, int8), report)
+    int8_ir = quantized.int8_ir_path
+    int8 = evaluate(int8_ir, split, evaluation)
+    speeds = measure_speeds([fp_ir, int8_ir], split, evaluation)
+    report = clipping(int8_ir, fp_ir, split, evaluation)
+    comparison = Comparison(with_speed(fp16, speeds[fp_ir]), with_speed(int8, speeds[int8_ir]))
+    return CalibrationOutcome(quantized, comparison, report)

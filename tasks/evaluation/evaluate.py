@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessP
 from tasks.detection.preprocess import preprocess
 from tasks.evaluation.coco import coco_map
 from tasks.evaluation.split import EvalSplit
+
+if TYPE_CHECKING:
+    from tasks.detection.runtime import Speed
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +79,32 @@ def evaluate_ir(ir_path: Path, split: EvalSplit, config: EvaluationConfig, measu
 
 
 def evaluate_ir_cached(ir_path: Path, split: EvalSplit, config: EvaluationConfig) -> EvalResult:
-    """`evaluate_ir`, remembered beside the IR per split (by annotations digest).
+    """`evaluate_ir`'s accuracy (no speed), remembered beside the IR per split (by annotations digest).
 
-    For the FP16 IR, which every run and ablation cell on the same checkpoint shares.
+    For the FP16 IR, which every run and ablation cell on the same checkpoint shares. Speed
+    is never cached: a figure measured in another run, under another load, would make any
+    ratio with this run's INT8 speed meaningless (see `measure_speeds`).
     """
-    cached = ir_path.parent / f"eval-{split.directory.name}-{split.digest}.json"
+    cached = ir_path.parent / f"map-{split.directory.name}-{split.digest}.json"
     if cached.exists():
         return EvalResult(**json.loads(cached.read_text()))
-    result = evaluate_ir(ir_path, split, config)
+    result = evaluate_ir(ir_path, split, config, measure_speed=False)
     cached.write_text(json.dumps(result.as_dict()))
     return result
+
+
+def measure_speeds(ir_paths: Sequence[Path], split: EvalSplit, config: EvaluationConfig) -> dict[Path, Speed]:
+    """Batch-1 latency (ms) and throughput (images/s) of each IR on the split's first image,
+    measured now, in alternating rounds, best round kept (`runtime.compare_speed`): the CPU is
+    shared, and IRs measured apart would be compared under different loads."""
+    from tasks.detection.runtime import compare_speed
+
+    return compare_speed(list(ir_paths), split.images[0], iterations=config.latency_iterations)
+
+
+def with_speed(result: EvalResult, speed: Speed) -> EvalResult:
+    """`result` with the latency and throughput of `speed`."""
+    return replace(result, latency_ms=speed.latency_ms, throughput_ips=speed.throughput_ips)
 
 
 def map_validation_fn(split: EvalSplit) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
