@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -31,7 +32,7 @@ from flows.stages import (
     select,
 )
 from tasks import tracking
-from tasks.config import RangeEstimator, RuntimeEnv, SelectionStrategy, load_config
+from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy, load_for, section_with
 
 DEFAULT_STRATEGIES: list[SelectionStrategy] = ["topk", "random", "stratified", "hard_tail_mix", "coverage"]
 DEFAULT_ESTIMATORS: list[RangeEstimator] = ["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
@@ -62,7 +63,7 @@ def ablation(
     estimators: list[RangeEstimator] | None = None,
     seeds: list[int] | None = None,
     ks: list[int] | None = None,
-    subset_size: int | None = None,
+    subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     release_id: str | None = None,
 ) -> AblationResult:
     """Cross selection strategies, range estimators, seeds and K on one scored pool.
@@ -74,22 +75,26 @@ def ablation(
         config_path: YAML config file.
         strategies: Selection strategies to compare (default: all five).
         estimators: NNCF activation range estimators (default: all four).
-        seeds: Selection seeds (default: 0 1 2; topk needs none and runs once).
+        seeds: Selection seeds, ≥ 0 (default: 0 1 2; topk needs none and runs once).
         ks: Calibration set sizes (default: the config's selection.k).
-        subset_size: Score only a deterministic sample of this many candidates.
+        subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         release_id: Release identifier for the MLflow run name and tags.
     """
     import pyarrow.parquet as pq
 
     from tasks.reporting.ablation_table import Cell, render_table, summarize_cells
 
+    config = load_for(ablation.fn, locals())
     logger = get_run_logger()
-    overrides = {"pool.subset_size": subset_size} if subset_size else {}
-    config = load_config(config_path, overrides)
-    strategies = strategies or DEFAULT_STRATEGIES
-    estimators = estimators or DEFAULT_ESTIMATORS
-    seeds = seeds if seeds is not None else [0, 1, 2]
-    ks = ks or [config.selection.k]
+    # Repeats would only run a cell twice; order is kept.
+    strategies = list(dict.fromkeys(strategies or DEFAULT_STRATEGIES))
+    estimators = list(dict.fromkeys(estimators or DEFAULT_ESTIMATORS))
+    seeds = list(dict.fromkeys(seeds if seeds else [0, 1, 2]))
+    ks = list(dict.fromkeys(ks or [config.selection.k]))
+    grid = [(k, s, seed) for k in ks for s in strategies for seed in (seeds[:1] if s in SEED_FREE else seeds)]
+    # Every cell's sections are validated now, before the pool is scored and paid for.
+    selections = {cell: section_with(config.selection, k=cell[0], strategy=cell[1], seed=cell[2]) for cell in grid}
+    quantizations = {e: section_with(config.quantization, range_estimator=e) for e in estimators}
     env = RuntimeEnv()
     prepare_benchmark(config.data)
 
@@ -103,7 +108,7 @@ def ablation(
     run_name = release_id or f"ablation-{flow_run.get_name() or 'local'}"
     with tracking.run(env, config.data.data_dir, config.tracking.experiment, run_name, tags, params) as parent:
         run_dir = config.data.data_dir / "runs" / parent.run_id
-        scored = score_stage(config, env, run_dir)
+        scored = score_stage(config, env, run_dir, largest_k=max(ks))
         tracking.log_artifact(parent, str(scored.scores_path))
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
         split = load_split(config.evaluation)
@@ -111,18 +116,15 @@ def ablation(
         profiles = pool_profiles(config.pool, fp_ir) if "coverage" in strategies else None
 
         cells: list[Cell] = []
-        grid = [(k, s, seed) for k in ks for s in strategies for seed in (seeds[:1] if s in SEED_FREE else seeds)]
         for k, strategy, seed in grid:
-            selection_config = config.selection.model_copy(update={"strategy": strategy, "k": k, "seed": seed})
             cell_dir = run_dir / f"k{k}-{strategy}-s{seed}"
-            selection = select(scored.outcome.scores, selection_config, profiles)
+            selection = select(scored.outcome.scores, selections[(k, strategy, seed)], profiles)
             cell_dir.mkdir(parents=True, exist_ok=True)
             pq.write_table(selection.table, cell_dir / "selection.parquet")
             for estimator in estimators:
-                quantization = config.quantization.model_copy(update={"range_estimator": estimator})
                 outcome = calibrate_and_compare(
                     config.pool,
-                    quantization,
+                    quantizations[estimator],
                     config.evaluation,
                     fp_ir,
                     fp16,

@@ -16,13 +16,13 @@ import importlib.metadata
 import inspect
 import logging
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import cyclopts
 
-from tasks.config import load_config
+from tasks.config import load_for
 from tasks.errors import TailcalError
 from tasks.services import prefect_environment
 
@@ -61,15 +61,41 @@ def _prefect_settings() -> AbstractContextManager:
     return settings.temporary_settings({getattr(settings, name): value for name, value in updates.items()})
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a flow's exception with its traceback; for a TailcalError the message is
+    the whole story (and `tailcal` prints it once more as its last line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TailcalError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def _user_errors_without_traceback() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    quiet = _NoTracebackForUserErrors()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 def _register(command: str, load: Callable[[], Callable], signature_of: Callable) -> None:
     """Register `command` with `signature_of`'s options; the callable `load()` returns runs it."""
 
     def run(**kwargs):
-        if kwargs.get("config_path"):
-            load_config(kwargs["config_path"])  # a bad file fails here, before Prefect starts
+        arguments = inspect.signature(signature_of).bind_partial(**kwargs)
+        arguments.apply_defaults()
+        if arguments.arguments.get("config_path"):
+            load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect starts
         target = load()
-        context = _prefect_settings() if hasattr(target, "fn") else nullcontext()
-        with context:
+        if not hasattr(target, "fn"):  # a plain function, not a flow
+            return target(**kwargs)
+        with _prefect_settings(), _user_errors_without_traceback():
             return target(**kwargs)
 
     # The command takes the function's options by name only (no positional surprises), with

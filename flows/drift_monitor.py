@@ -16,13 +16,13 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from prefect import flow
 
 from flows.stages import flow_run_tags
 from tasks import tracking
-from tasks.config import RuntimeEnv, load_config
+from tasks.config import Override, RuntimeEnv, load_for
 
 if TYPE_CHECKING:
     from tasks.drift import DriftReport
@@ -58,8 +58,8 @@ def drift_monitor(
     reference_run_id: str | None = None,
     reference: Literal["pool", "selection"] = "pool",
     production_uri: str | None = None,
-    production_subset_size: int | None = None,
-    psi_threshold: float | None = None,
+    production_subset_size: Annotated[int | None, Override("drift.production_subset_size")] = None,
+    psi_threshold: Annotated[float | None, Override("drift.psi_threshold")] = None,
 ) -> DriftRunSummary:
     """Compare a production sample with a release's calibration data; flag `recalibrate` above the threshold.
 
@@ -75,8 +75,7 @@ def drift_monitor(
     from tasks.drift import compare_samples, find_reference, reference_ids, sample_features
     from tasks.ingest import IngestReport, iter_candidate_batches
 
-    overrides = {"drift.production_subset_size": production_subset_size, "drift.psi_threshold": psi_threshold}
-    config = load_config(config_path, {k: v for k, v in overrides.items() if v is not None})
+    config = load_for(drift_monitor.fn, locals())
     env = RuntimeEnv()
     runs_dir = config.data.data_dir / "runs"
     ref_path = find_reference(runs_dir, reference, Path(reference_path) if reference_path else None, reference_run_id)

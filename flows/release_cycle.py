@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -31,7 +31,7 @@ from flows.stages import (
     select,
 )
 from tasks import tracking
-from tasks.config import RangeEstimator, RuntimeEnv, SelectionStrategy, TailcalConfig, load_config
+from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy, TailcalConfig, load_for
 
 if TYPE_CHECKING:
     from tasks.selection import SelectionOutcome
@@ -163,11 +163,11 @@ def _write_outputs(
 @flow(name="calibration-release-cycle", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def release_cycle(
     config_path: str = "configs/demo.yaml",
-    strategy: SelectionStrategy | None = None,
-    k: int | None = None,
-    prompt: str | None = None,
-    range_estimator: RangeEstimator | None = None,
-    subset_size: int | None = None,
+    strategy: Annotated[SelectionStrategy | None, Override("selection.strategy")] = None,
+    k: Annotated[int | None, Override("selection.k")] = None,
+    prompt: Annotated[str | None, Override("scoring.prompt")] = None,
+    range_estimator: Annotated[RangeEstimator | None, Override("quantization.range_estimator")] = None,
+    subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     release_id: str | None = None,
 ) -> ReleaseSummary:
     """Run one release cycle: score the pool, select K images, quantize on them, compare INT8 with FP16.
@@ -183,15 +183,8 @@ def release_cycle(
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         release_id: Release identifier for the MLflow run name and tags.
     """
+    config = load_for(release_cycle.fn, locals())
     logger = get_run_logger()
-    overrides = {
-        "selection.strategy": strategy,
-        "selection.k": k,
-        "scoring.prompt": prompt,
-        "quantization.range_estimator": range_estimator,
-        "pool.subset_size": subset_size,
-    }
-    config = load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
     env = RuntimeEnv()
 
     pool_rows = prepare_benchmark(config.data)
@@ -208,7 +201,7 @@ def release_cycle(
         env, config.data.data_dir, config.tracking.experiment, run_name, tags, tracking.config_params(config)
     ) as run:
         run_dir = config.data.data_dir / "runs" / run.run_id
-        scored = score_stage(config, env, run_dir)
+        scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
         log_pool_dataset(run, config, scored)
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
         split = load_split(config.evaluation)

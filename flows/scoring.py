@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.stages import flow_run_tags, prepare_benchmark
 from tasks import tracking
-from tasks.config import RuntimeEnv, ScoringSetup, TailcalConfig, load_config
+from tasks.config import Override, RuntimeEnv, ScoringSetup, TailcalConfig, load_for
 from tasks.services import RedisService, gateway_endpoint, redis_service
 
 if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
@@ -86,13 +86,17 @@ class ScoredPool:
     cache_backend: str
 
 
-def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path) -> ScoredPool:
-    """Stream the pool into `score-shard` tasks and write `<run_dir>/scores.parquet` (in a flow's body)."""
+def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k: int | None = None) -> ScoredPool:
+    """Stream the pool into `score-shard` tasks and write `<run_dir>/scores.parquet` (in a flow's body).
+
+    With `largest_k`, a pool too small for the calibration set is refused before anything is paid.
+    """
     import pyarrow.parquet as pq
 
     from tasks.ingest import IngestReport, iter_candidate_batches
     from tasks.scoring.job import forecast_cost, score_pool
     from tasks.scoring.shards import scoring_key
+    from tasks.selection import check_k_fits
 
     logger = get_run_logger()
     if config.scoring.metrics_port:
@@ -102,6 +106,8 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path) -> Scored
         logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", config.scoring.metrics_port)
     report = IngestReport()
     batches = iter_candidate_batches(config.pool, env, report)
+    if largest_k is not None:
+        check_k_fits(largest_k, report.rows_expected, config.pool.uri)
     with scoring_services(config, env) as services:
         session = services.session
         log_dir = config.data.data_dir / "score-logs" / scoring_key(session.setup, session.template, config.pool)
@@ -184,8 +190,8 @@ class ScoringRunSummary:
 @flow(name="calibration-scoring", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def score(
     config_path: str = "configs/demo.yaml",
-    prompt: str | None = None,
-    subset_size: int | None = None,
+    prompt: Annotated[str | None, Override("scoring.prompt")] = None,
+    subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     dry_run: bool = False,
     release_id: str | None = None,
 ) -> ScoringRunSummary:
@@ -196,16 +202,15 @@ def score(
 
     Args:
         config_path: YAML config file.
-        prompt: Prompt template override, e.g. difficulty-v1.
-        subset_size: Score only a deterministic sample of this many candidates.
+        prompt: Prompt template, e.g. difficulty-v1 (scoring.prompt).
+        subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         dry_run: Print the cost forecast and stop: nothing is sent to the gateway or paid.
         release_id: Release identifier for the MLflow run name and tags.
     """
     from tasks.ingest import IngestReport, iter_candidate_batches
     from tasks.scoring.job import forecast_cost, shards
 
-    overrides = {"scoring.prompt": prompt, "pool.subset_size": subset_size}
-    config = load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
+    config = load_for(score.fn, locals())
     env = RuntimeEnv()
     prepare_benchmark(config.data)
     if dry_run:

@@ -6,9 +6,12 @@ so a config file can be committed, logged to MLflow and passed to Prefect safely
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -290,13 +293,66 @@ class RuntimeEnv(BaseSettings):
     tailcal_s3_endpoint: str | None = None
 
 
+@dataclass(frozen=True)
+class Override:
+    """Marks a flow parameter (as `Annotated[..., Override("selection.k")]`) as an override of
+    one dotted config key: given, it replaces the file's value; None leaves the file's."""
+
+    key: str
+
+
+def parameter_overrides(function: Callable, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """`{dotted key: value}` for each of `function`'s `Override`-annotated parameters given in `arguments`."""
+    overrides = {}
+    for name, hint in typing.get_type_hints(function, include_extras=True).items():
+        marks = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Override)]
+        if marks and arguments.get(name) is not None:
+            overrides[marks[0].key] = arguments[name]
+    return overrides
+
+
+def load_for(function: Callable, arguments: Mapping[str, Any]) -> TailcalConfig:
+    """The config a flow runs on: `arguments["config_path"]` with its parameters' overrides applied.
+
+    The flows call it first thing, and the command line calls it before starting one, so a
+    bad file or a bad override fails before anything runs.
+    """
+    return load_config(arguments["config_path"], parameter_overrides(function, arguments))
+
+
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def section_with(section: Section, **changes: Any) -> Section:
+    """A copy of a config section with `changes`, validated like the file (model_copy is not).
+
+    Raises ConfigError naming the keys and values refused.
+    """
+    try:
+        return type(section).model_validate(section.model_dump() | changes)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"{type(section).__name__} with {changes}")) from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TailcalConfig:
-    """Read, merge dotted `overrides` (e.g. {"selection.k": 64}) and validate a YAML config."""
+    """Read, merge dotted `overrides` (e.g. {"selection.k": 64}) and validate a YAML config.
+
+    Raises ConfigError naming the file, each invalid key and value, and what is allowed.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist: pass a path such as configs/demo.yaml") from None
+        raise ConfigError(
+            f"config file {path} does not exist (relative paths start from the working directory, {Path.cwd()}): "
+            "pass the path of a YAML config, e.g. configs/demo.yaml from the tailcal project directory"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory: pass a YAML file such as configs/demo.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path} ({exc.strerror}): check the path and its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file: pass a YAML config such as configs/demo.yaml") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -306,7 +362,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ta
     try:
         return TailcalConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path))) from None
+        raise ConfigError(_describe(exc, str(path), set(overrides or {}))) from None
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -319,11 +375,13 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe(exc: ValidationError, source: str, overridden: set[str] | None = None) -> str:
     lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc) or "<root>"
+        if overridden and key in overridden:
+            key += " (given as a run parameter, not in the file)"
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1]))
             hint = (

@@ -8,7 +8,7 @@
 from tasks.selection.coverage import LayerTargets, layer_targets, range_coverage
 from tasks.selection.outcome import SelectionOutcome, describe_selection
 from tasks.selection.pool import PoolItem, SelectionInput
-from tasks.selection.strategies import STRATEGIES, Selection, allocate, select_calibration_set
+from tasks.selection.strategies import STRATEGIES, Selection, allocate, check_k_fits, select_calibration_set
 
 __all__ = [
     "STRATEGIES",
@@ -18,6 +18,7 @@ __all__ = [
     "SelectionInput",
     "SelectionOutcome",
     "allocate",
+    "check_k_fits",
     "describe_selection",
     "layer_targets",
     "range_coverage",

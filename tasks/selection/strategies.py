@@ -144,6 +144,15 @@ def _require(k: int, eligible: int, strategy: str, what: str, fix: str) -> None:
         )
 
 
+def check_k_fits(k: int, candidates: int, pool_uri: str) -> None:
+    """Refuse a K the pool cannot fill, before it is scored and paid for (raises SelectionError)."""
+    if k > candidates:
+        raise SelectionError(
+            f"selection.k={k} but pool {pool_uri} holds {candidates} candidate(s) after its filters and sample: "
+            "lower K (selection.k, --k, --ks) or widen the pool (pool.subset_size, sources, capture times)"
+        )
+
+
 def select_calibration_set(
     pool: SelectionInput, config: SelectionConfig, profiles: ActivationProfiles | np.ndarray | None = None
 ) -> Selection:

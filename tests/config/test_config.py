@@ -1,10 +1,19 @@
 """Config loading: valid files load; bad ones fail at start naming key, value and what is allowed."""
 
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
-from tasks.config import TailcalConfig, load_config
+from tasks.config import (
+    Override,
+    SelectionConfig,
+    TailcalConfig,
+    load_config,
+    load_for,
+    parameter_overrides,
+    section_with,
+)
 from tasks.errors import ConfigError
 from tests.support import ROOT
 
@@ -115,3 +124,49 @@ def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, MINIMAL))
     with pytest.raises(ValueError):
         config.selection.k = 5
+
+
+def test_flow_parameters_marked_as_overrides_map_to_their_config_keys(tmp_path):
+    # given a flow-like function whose parameters declare the keys they override
+    def flow(
+        config_path: str,
+        k: Annotated[int | None, Override("selection.k")] = None,
+        prompt: Annotated[str | None, Override("scoring.prompt")] = None,
+        release_id: str | None = None,
+    ): ...
+
+    # when some are given
+    arguments = {"config_path": str(write(tmp_path, MINIMAL)), "k": 64, "prompt": None, "release_id": "r1"}
+    # then only the given, marked ones become overrides, and load_for applies them
+    assert parameter_overrides(flow, arguments) == {"selection.k": 64}, "None and unmarked parameters are not overrides"
+    assert load_for(flow, arguments).selection.k == 64, "the override reached the config"
+
+
+def test_an_invalid_override_is_named_as_a_run_parameter_not_the_files_value(tmp_path):
+    def flow(config_path: str, k: Annotated[int | None, Override("selection.k")] = None): ...
+
+    with pytest.raises(ConfigError) as caught:
+        load_for(flow, {"config_path": str(write(tmp_path, MINIMAL)), "k": 0})
+    message = str(caught.value)
+    assert "selection.k (given as a run parameter, not in the file) = 0" in message, message
+
+
+def test_section_with_validates_the_change_like_the_file():
+    section = SelectionConfig()
+    assert section_with(section, k=32, seed=4) == SelectionConfig(k=32, seed=4), "a valid change is applied"
+    with pytest.raises(ConfigError, match=r"k = 0: Input should be greater than or equal to 1"):
+        section_with(section, k=0)
+    with pytest.raises(ConfigError, match="seed = -1"):
+        section_with(section, seed=-1)
+
+
+def test_a_directory_a_binary_file_and_a_missing_file_are_named_with_the_fix(tmp_path, monkeypatch):
+    binary = tmp_path / "c.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="is a directory: pass a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"not a text file|not valid YAML"):
+        load_config(binary)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"relative paths start from the working directory, {tmp_path}"):
+        load_config("configs/demo.yaml")

@@ -78,3 +78,18 @@ def test_an_error_inside_the_flow_is_one_line_and_exit_2(config_path, capsys):
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
     assert code == 2, "a TailcalError exits 2"
     assert len(err_lines) == 1 and "nope-v9" in err_lines[0] and "scoring.prompt" in err_lines[0], err_lines
+
+
+def test_a_k_the_pool_cannot_fill_is_refused_before_anything_is_paid(tmp_path, capsys):
+    # given a 30-candidate pool
+    config = write_config(
+        tmp_path / "small.yaml",
+        data={"data_dir": str(tmp_path / "data"), "synthetic": {"seed": 2, "pool_size": 30, "eval_size": 4}},
+    )
+    # when the release cycle is asked for 31 calibration images
+    code = main(["run", "--config", str(config), "--k", "31"])
+    # then it stops with the fix, before scoring
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+    assert code == 2 and len(err) == 1, f"exit 2, one line: {err}"
+    assert "selection.k=31" in err[0] and "30 candidate(s)" in err[0], f"names K and the pool size: {err[0]}"
+    assert not (tmp_path / "data" / "score-logs").exists(), "no shard was scored (nothing paid)"

@@ -13,6 +13,7 @@ from tasks.selection import (
     PoolItem,
     SelectionInput,
     allocate,
+    check_k_fits,
     layer_targets,
     range_coverage,
     select_calibration_set,
@@ -240,3 +241,9 @@ def test_coverage_with_profiles_for_part_of_the_pool_fills_from_the_rest(pool, p
     greedy = {i for i, reason in zip(chosen.ids, chosen.reasons, strict=True) if reason == "coverage"}
     assert greedy <= set(part.ids), "greedy picks come from profiled candidates only"
     assert len(set(chosen.ids)) == 30, "the fill draws from the whole remaining pool"
+
+
+def test_check_k_fits_refuses_a_k_the_pool_cannot_fill():
+    check_k_fits(30, 30, "s3://pool/")  # exactly full is fine
+    with pytest.raises(SelectionError, match=r"selection.k=31 but pool s3://pool/ holds 30 candidate"):
+        check_k_fits(31, 30, "s3://pool/")
