@@ -38,11 +38,14 @@ bench: install
 	$(BIN)/python bench/gen_pool.py --n 80000 --workers 2
 
 # MLflow UI on :5000 and Prefect UI on :4200 for the demo's stores; Ctrl-C stops both.
+# MLflow's server imports litellm, which offline hangs fetching its price map unless told not to.
 ui: install
 	@echo "MLflow UI  http://127.0.0.1:5000    Prefect UI  http://127.0.0.1:4200"
 	@trap 'kill 0' INT TERM; \
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO_DATA)/mlflow.db --host 127.0.0.1 --port 5000 & \
-	PREFECT_HOME=$(abspath .prefect) $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO_DATA)/mlflow.db \
+		--host 127.0.0.1 --port 5000 & \
+	PREFECT_HOME=$(abspath .prefect) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
 	wait
 
 # A local Prefect server (UI on :4200) + process worker, with prefect.yaml's deployments.

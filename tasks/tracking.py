@@ -7,6 +7,7 @@ The active MLflow run is thread-local, so flows start the run in their body and 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,7 +128,10 @@ def log_metrics(run: RunHandle, metrics: dict[str, float | None], step: int = 0)
 
 def log_pool_dataset(run: RunHandle, name: str, source: str, digest: str, sample: pd.DataFrame) -> None:
     """Record the pool as the run's input dataset, with its content digest (not pandas')."""
-    dataset = mlflow.data.from_pandas(sample, source=source, name=name, digest=digest[:36])
+    with warnings.catch_warnings():
+        # A local path matches two of MLflow's (equal) local source types; it warns, then picks one.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(sample, source=source, name=name, digest=digest[:36])
     tags = [InputTag(key="mlflow.data.context", value="calibration-pool")]
     MlflowClient(run.tracking_uri).log_inputs(run.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 

@@ -84,7 +84,8 @@ def render_table(rows: list[TableRow], fp16_map: float) -> str:
             row.strategy,
             row.estimator,
             str(row.seeds),
-            f"{row.gap_mean:+.4f} ± {row.gap_std:.4f}",
+            # One seed has no spread to report: "± 0.0000" would claim a certainty it lacks.
+            f"{row.gap_mean:+.4f} ± {row.gap_std:.4f}" if row.seeds > 1 else f"{row.gap_mean:+.4f} ± n/a",
             f"{row.int8_map_mean:.4f}",
             *[f"{row.per_condition_gap.get(name, float('nan')):+.4f}" for name in conditions],
         ]

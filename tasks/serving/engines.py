@@ -96,9 +96,14 @@ class OpenVinoEngine:
 def load_engines(config: ServingConfig) -> dict[str, OpenVinoEngine]:
     """Compile every tier IR found; fails naming the IR that does not load."""
     engines = {}
-    for tier, path in resolve_tier_paths(config).paths.items():
+    paths = resolve_tier_paths(config).paths
+    for tier, path in paths.items():
         engines[tier] = OpenVinoEngine(path, config.infer_requests_per_tier, config.threads_per_request)
         logger.info("tier %s: %s (%d px)", tier, path, engines[tier].input_size)
+    if missing := [tier for tier in IR_STEMS if tier not in paths]:
+        logger.warning(
+            "no %s tier: requests routed there go to the nearest loaded tier (%s)", "/".join(missing), ", ".join(paths)
+        )
     return engines
 
 

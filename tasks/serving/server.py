@@ -80,5 +80,6 @@ def serve(
     if threads:
         update["threads_per_request"] = threads
     config = ServingConfig.model_validate(config.model_dump() | update)
+    app = build_app(config)
     logger.info("serving on http://%s:%d/v1/detect", host, port)
-    uvicorn.run(build_app(config), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -2,6 +2,7 @@
 standard deviation over seeds, per-condition means over the seeds that measured the condition,
 sorted rows, and the markdown rendering."""
 
+import dataclasses
 import statistics
 
 import pytest
@@ -128,6 +129,15 @@ def test_render_table_header_alignment_and_one_signed_line_per_row():
     ], f"second row with a negative gap when INT8 is better: {lines[5]!r}"
     assert "nan" in second[6].lower(), f"a condition the row did not measure shows as nan, not a number: {second[6]!r}"
     assert lines[2].count("|") == lines[3].count("|") == lines[4].count("|"), "header, alignment, rows agree in width"
+
+
+def test_render_table_shows_no_spread_for_a_single_seed():
+    # given one seed: std 0.0 is "not measured", not "no spread"
+    single = dataclasses.replace(_row(64, "topk", 0.0125, 0.0, {}), seeds=1)
+    # when
+    line = render_table([single], fp16_map=0.4).splitlines()[4]
+    # then
+    assert "+0.0125 ± n/a" in line and "± 0.0000" not in line, f"one seed reads ± n/a: {line!r}"
 
 
 def test_render_table_ends_with_a_newline():
