@@ -2,7 +2,10 @@
 
 The cache already means a rerun pays for nothing it scored before; the log also skips
 the hashing and look-ups of shards that finished, and records what each shard did. A log
-is reused only when it holds exactly this shard's ids, so a changed pool cannot reuse it.
+is reused only when it was written for exactly this shard's ids *and image bytes* (a pool
+rewritten under the same ids must be scored again) and every candidate in it got a score:
+failed and budget-cut candidates are retried by the next run (their scored neighbours hit
+the cache and cost nothing).
 """
 
 from __future__ import annotations
@@ -51,23 +54,39 @@ def scoring_key(setup: ScoringSetup, template: PromptTemplate, pool: PoolConfig)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_shard_log(path: Path, ids: Sequence[str]) -> list[ScoreRecord] | None:
-    """The shard's records if a finished log for exactly these ids exists, else None."""
+_FINGERPRINT_KEY = b"tailcal.shard_fingerprint"
+
+
+def shard_fingerprint(candidates: Sequence[ScorableCandidate]) -> str:
+    """sha256 over the shard's (id, sha256 of image bytes) pairs, in id order."""
+    digest = hashlib.sha256()
+    for candidate_id, image_sha in sorted((c.id, hashlib.sha256(c.image).hexdigest()) for c in candidates):
+        digest.update(f"{candidate_id}\0{image_sha}\n".encode())
+    return digest.hexdigest()
+
+
+def read_shard_log(path: Path, fingerprint: str) -> list[ScoreRecord] | None:
+    """The shard's records if a complete log for exactly this shard (`shard_fingerprint`) exists, else None."""
     if not path.exists():
         return None
-    rows = pq.read_table(path).to_pylist()
-    if sorted({row["id"] for row in rows}) != sorted(ids):
-        log.warning("score log %s belongs to other candidates; scoring the shard again", path)
+    table = pq.read_table(path)
+    if (table.schema.metadata or {}).get(_FINGERPRINT_KEY, b"").decode() != fingerprint:
+        log.warning("score log %s was written for other candidates or other image bytes; scoring again", path)
         return None
-    return [ScoreRecord(**{**row, "factors": tuple(row["factors"] or ())}) for row in rows]
+    records = [ScoreRecord(**{**row, "factors": tuple(row["factors"] or ())}) for row in table.to_pylist()]
+    if any(r.status in {"failed", "unscored"} for r in records):
+        log.info("score log %s has failed or unscored candidates; scoring the shard again", path)
+        return None
+    return records
 
 
-def write_shard_log(path: Path, records: Sequence[ScoreRecord]) -> None:
+def write_shard_log(path: Path, records: Sequence[ScoreRecord], fingerprint: str) -> None:
     """Write atomically (temp file + rename) so a crash never leaves a half log behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{**asdict(r), "factors": list(r.factors)} for r in records]
     temporary = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=_LOG_SCHEMA), temporary)
+    table = pa.Table.from_pylist(rows, schema=_LOG_SCHEMA.with_metadata({_FINGERPRINT_KEY: fingerprint.encode()}))
+    pq.write_table(table, temporary)
     temporary.replace(path)
 
 
@@ -86,9 +105,9 @@ def score_logged_shard(
     candidates: Sequence[ScorableCandidate],
     log_path: Path,
 ) -> ShardResult:
-    """Score a shard unless a finished log for exactly these candidates exists."""
-    ids = [c.id for c in candidates]
-    logged = read_shard_log(log_path, ids)
+    """Score a shard unless a complete log for exactly these candidates exists."""
+    fingerprint = shard_fingerprint(candidates)
+    logged = read_shard_log(log_path, fingerprint)
     if logged is not None:
         return ShardResult(logged, reused_log=True)
     client = redis.Redis.from_url(redis_url)
@@ -97,5 +116,5 @@ def score_logged_shard(
         records = score_shard(session, candidates)
     finally:
         client.close()
-    write_shard_log(log_path, records)
+    write_shard_log(log_path, records, fingerprint)
     return ShardResult(records, reused_log=False)

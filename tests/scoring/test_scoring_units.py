@@ -1,4 +1,6 @@
-"""Pure scoring logic: strict reply parsing, near-duplicate grouping, pass combination."""
+"""Pure scoring logic: strict reply parsing, near-duplicate grouping, pass combination, score logs."""
+
+from dataclasses import dataclass
 
 import pytest
 
@@ -6,6 +8,7 @@ from tasks.scoring.gateway import ReplyError, parse_reply
 from tasks.scoring.passes import ScoreRecord, _leaders_first
 from tasks.scoring.ratelimit import LATE_WAKE_S, slot_interval_s
 from tasks.scoring.results import CostForecast, scores_table, summarize
+from tasks.scoring.shards import read_shard_log, shard_fingerprint, write_shard_log
 
 pytestmark = pytest.mark.unit
 
@@ -96,3 +99,32 @@ def test_late_wakers_never_put_more_than_rpm_sends_in_a_minute(rpm):
     most = int((60 + LATE_WAKE_S) / interval + 1e-9) + 1
     assert most <= rpm, f"rpm {rpm}: a 60 s window can hold {most} sends"
     assert interval <= 60 / rpm * 1.05 or rpm < 30, f"rpm {rpm}: spacing {interval:.4f} s gives away > 5 % of the rate"
+
+
+@dataclass(frozen=True)
+class _Shot:
+    id: str
+    image: bytes
+
+
+def test_a_score_log_is_reused_only_for_the_same_ids_and_image_bytes(tmp_path):
+    # given a complete log written for two candidates
+    shard = [_Shot("a", b"frame-a"), _Shot("b", b"frame-b")]
+    records = [ScoreRecord("a", 0, "scored", 0.4), ScoreRecord("b", 0, "cached", 0.6)]
+    path = tmp_path / "shard-00000.parquet"
+    write_shard_log(path, records, shard_fingerprint(shard))
+    # then the same shard reads it back, order of candidates notwithstanding
+    assert read_shard_log(path, shard_fingerprint(list(reversed(shard)))) == records, "same shard reuses its log"
+    # and a pool rewritten under the same ids does not
+    rewritten = [_Shot("a", b"another frame"), _Shot("b", b"frame-b")]
+    assert read_shard_log(path, shard_fingerprint(rewritten)) is None, "new bytes under an old id are scored again"
+    assert read_shard_log(path, shard_fingerprint(shard[:1])) is None, "other ids are scored again"
+
+
+def test_a_score_log_with_failed_or_unscored_candidates_is_scored_again(tmp_path):
+    shard = [_Shot("a", b"frame-a"), _Shot("b", b"frame-b")]
+    for status in ("failed", "unscored"):
+        records = [ScoreRecord("a", 0, "scored", 0.4), ScoreRecord("b", 0, status, None, reason="x")]
+        path = tmp_path / f"{status}.parquet"
+        write_shard_log(path, records, shard_fingerprint(shard))
+        assert read_shard_log(path, shard_fingerprint(shard)) is None, f"a {status} candidate gets another try"
