@@ -93,8 +93,13 @@ def ablation(
     ks = list(dict.fromkeys(ks or [config.selection.k]))
     grid = [(k, s, seed) for k in ks for s in strategies for seed in (seeds[:1] if s in SEED_FREE else seeds)]
     # Every cell's sections are validated now, before the pool is scored and paid for.
-    selections = {cell: section_with(config.selection, k=cell[0], strategy=cell[1], seed=cell[2]) for cell in grid}
-    quantizations = {e: section_with(config.quantization, range_estimator=e) for e in estimators}
+    selections = {
+        (k, s, seed): section_with(
+            config.selection, f"ablation cell K={k}, {s}, seed {seed}", k=k, strategy=s, seed=seed
+        )
+        for k, s, seed in grid
+    }
+    quantizations = {e: section_with(config.quantization, "ablation estimators", range_estimator=e) for e in estimators}
     env = RuntimeEnv()
     prepare_benchmark(config.data)
 
@@ -108,10 +113,11 @@ def ablation(
     run_name = release_id or f"ablation-{flow_run.get_name() or 'local'}"
     with tracking.run(env, config.data.data_dir, config.tracking.experiment, run_name, tags, params) as parent:
         run_dir = config.data.data_dir / "runs" / parent.run_id
-        scored = score_stage(config, env, run_dir, largest_k=max(ks))
-        tracking.log_artifact(parent, str(scored.scores_path))
+        # Detector and eval split first: a bad checkpoint or split fails before scoring is paid.
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
         split = load_split(config.evaluation)
+        scored = score_stage(config, env, run_dir, largest_k=max(ks))
+        tracking.log_artifact(parent, str(scored.scores_path))
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
         profiles = pool_profiles(config.pool, fp_ir) if "coverage" in strategies else None
 

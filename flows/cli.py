@@ -90,7 +90,7 @@ def _register(command: str, load: Callable[[], Callable], signature_of: Callable
     def run(**kwargs):
         arguments = inspect.signature(signature_of).bind_partial(**kwargs)
         arguments.apply_defaults()
-        if arguments.arguments.get("config_path"):
+        if arguments.arguments.get("config_path") is not None:
             load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect starts
         target = load()
         if not hasattr(target, "fn"):  # a plain function, not a flow

@@ -201,10 +201,12 @@ def release_cycle(
         env, config.data.data_dir, config.tracking.experiment, run_name, tags, tracking.config_params(config)
     ) as run:
         run_dir = config.data.data_dir / "runs" / run.run_id
-        scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
-        log_pool_dataset(run, config, scored)
+        # The detector and the eval split are read first: a bad checkpoint or a missing split
+        # fails before the pool is scored and paid for.
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
         split = load_split(config.evaluation)
+        scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
+        log_pool_dataset(run, config, scored)
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
         profiles = pool_profiles(config.pool, fp_ir) if config.selection.strategy == "coverage" else None
         selection = select(scored.outcome.scores, config.selection, profiles)

@@ -51,9 +51,12 @@ def flow_run_tags() -> dict[str, str]:
 
 @task(name="prepare-benchmark")
 def prepare_benchmark(data: DataConfig) -> int | None:
-    """Generate the synthetic benchmark when the config asks for one; return the pool size."""
+    """Check the data directory, and generate the synthetic benchmark when the config asks for
+    one; return the pool size."""
+    from tasks.services import data_directory
     from tasks.synth.write import ensure_benchmark
 
+    data_directory(data.data_dir)
     if data.synthetic is None:
         return None
     ensure_benchmark(data.synthetic, data.data_dir, workers=min(os.cpu_count() or 1, 4))

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tasks.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,6 +63,16 @@ def train_detector(
     from tasks.detection.model import build_detector, save_checkpoint
     from tasks.detection.training import TrainSettings, load_split, train
 
+    positive = {"minutes": minutes, "lr": lr}
+    at_least_one = {"train_images": train_images, "eval_images": eval_images, "batch_size": batch_size}
+    at_least_one |= {"workers": workers, "threads": threads}
+    refused = [f"--{k.replace('_', '-')} {v}" for k, v in positive.items() if not v > 0]
+    refused += [f"--{k.replace('_', '-')} {v}" for k, v in at_least_one.items() if v < 1]
+    if refused or seed < 0:
+        raise ConfigError(
+            f"train-detector: {', '.join(refused + ([f'--seed {seed}'] if seed < 0 else []))} refused: minutes "
+            "and lr must be > 0, counts ≥ 1, the seed ≥ 0 (nothing was trained or written)"
+        )
     train_split = _ensure_split("train", train_dir, train_images, seed, workers)
     eval_split = _ensure_split("eval", eval_dir, eval_images, seed, workers)
     config = DetectorConfig(checkpoint=str(out))

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.errors import ConfigError
+from tasks.redaction import mask_url
 
 SelectionStrategy = Literal["topk", "random", "stratified", "hard_tail_mix", "coverage"]
 RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
@@ -33,7 +34,7 @@ class _Strict(BaseModel):
 class SyntheticConfig(_Strict):
     """Sizes and seed of the generated industrial-defect benchmark (the offline default data)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="numpy seeds are non-negative.")
     image_size: int = Field(192, ge=64, le=1024)
     pool_size: int = Field(2000, ge=1)
     eval_size: int = Field(500, ge=1)
@@ -59,7 +60,7 @@ class PoolConfig(_Strict):
     uri: str | None = Field(None, description="Defaults to <data_dir>/pool when unset (resolved at load).")
     subset_size: int | None = Field(None, ge=1, description="Deterministic sample for dry runs.")
     subset_seed: int = 0
-    sources: list[str] | None = None
+    sources: list[str] | None = Field(None, min_length=1, description="Keep only these sources; unset: all.")
     captured_after: datetime | None = None
     captured_before: datetime | None = None
     fetch_concurrency: int = Field(16, ge=1, le=256)
@@ -95,11 +96,17 @@ class GatewayConfig(_Strict):
     concurrency: int = Field(32, ge=1, le=1024, description="Calls in flight per process, shared by its shards.")
     rpm: int | None = Field(None, ge=1)
 
-    @model_validator(mode="after")
-    def _url_is_http_or_embedded(self) -> GatewayConfig:
-        if self.url != "embedded" and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be 'embedded' or start with http:// or https://, got {self.url!r}")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _url_is_http_or_embedded(cls, url: str) -> str:
+        if url != "embedded" and not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be 'embedded' or start with http:// or https://, got {mask_url(url)!r}")
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError(
+                "url holds credentials (user:password@): remove them and put the key in the environment "
+                "variable gateway.key_env names (TAILCAL_GATEWAY_KEY by default); secrets never go in config files"
+            )
+        return url
 
 
 class CacheConfig(_Strict):
@@ -323,15 +330,15 @@ def load_for(function: Callable, arguments: Mapping[str, Any]) -> TailcalConfig:
 Section = TypeVar("Section", bound=BaseModel)
 
 
-def section_with(section: Section, **changes: Any) -> Section:
+def section_with(section: Section, source: str, **changes: Any) -> Section:
     """A copy of a config section with `changes`, validated like the file (model_copy is not).
 
-    Raises ConfigError naming the keys and values refused.
+    Raises ConfigError naming `source` (where the changes came from), the keys and values refused.
     """
     try:
         return type(section).model_validate(section.model_dump() | changes)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, f"{type(section).__name__} with {changes}")) from None
+        raise ConfigError(_describe(exc, source)) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TailcalConfig:
@@ -393,8 +400,17 @@ def _describe(exc: ValidationError, source: str, overridden: set[str] | None = N
         elif err["type"] == "missing":
             lines.append(f"  {key}: required but missing.")
         else:
-            lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
+            lines.append(f"  {key} = {_shown(err.get('input'))}: {err['msg']}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """An input value for an error message, with any URL password masked (it must not reach logs)."""
+    if isinstance(value, str) and "://" in value:
+        return repr(mask_url(value))
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shown(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

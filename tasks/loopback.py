@@ -9,6 +9,8 @@ import time
 
 import uvicorn
 
+from tasks.errors import ServiceError
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for servers that need a fixed port)."""
@@ -40,7 +42,11 @@ class LoopbackServer:
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"the {self.name} did not start on 127.0.0.1")
+                port = self._server.config.port
+                raise ServiceError(
+                    f"the {self.name} did not start on 127.0.0.1:{port}: "
+                    "the port may be in use or not allowed; pick another (0 takes a free one)"
+                )
             time.sleep(0.02)
 
     def wait_for_interrupt(self) -> None:

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from tasks.config import GatewayConfig, RuntimeEnv
-from tasks.errors import ServiceError
+from tasks.errors import ConfigError, ServiceError
+from tasks.redaction import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,6 @@ class RedisService:
     @property
     def display_url(self) -> str:
         return mask_url(self.url)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ****, safe for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @contextmanager
@@ -94,7 +83,9 @@ def _embedded_valkey(directory: Path) -> Iterator[str]:
 
     state_path = directory / "server.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
-    if state and _answers(state["port"]):
+    # A recorded port may since belong to another server (after a reboot, say): only a server
+    # whose data directory is this one is ours to share, adopt and shut down.
+    if state and _serves_directory(state["port"], directory):
         url = f"redis://127.0.0.1:{state['port']}/0"
         if _alive(state["owner_pid"]) and state["owner_pid"] != os.getpid():
             log.warning(
@@ -127,11 +118,13 @@ def _embedded_valkey(directory: Path) -> Iterator[str]:
         state_path.unlink(missing_ok=True)
 
 
-def _answers(port: int) -> bool:
+def _serves_directory(port: int, directory: Path) -> bool:
+    """True when a server answers on `port` and keeps its data in `directory`."""
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping())
+        found = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).config_get("dir").get("dir")
     except redis.RedisError:
         return False
+    return found is not None and Path(found).resolve() == directory.resolve()
 
 
 def _alive(pid: int) -> bool:
@@ -162,6 +155,23 @@ def gateway_endpoint(gateway: GatewayConfig) -> Iterator[str]:
     with ReferenceScorer() as scorer:
         log.info("started the reference scorer (a stand-in, not a VLM) at %s", scorer.base_url)
         yield scorer.base_url
+
+
+def data_directory(path: Path) -> Path:
+    """`path`, created if needed and checked writable: every run writes its stores and artefacts there.
+
+    Raises ConfigError naming the directory and the reason.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".tailcal-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"data.data_dir {path} cannot be used ({exc.strerror}): set data.data_dir to a writable directory"
+        ) from None
+    return path
 
 
 def mlflow_tracking_uri(env: RuntimeEnv, data_dir: Path) -> str:

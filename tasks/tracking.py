@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow.data
 import pandas as pd
@@ -20,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from tasks.config import RuntimeEnv, TailcalConfig
+from tasks.redaction import mask_url
 from tasks.services import mlflow_artifact_root, mlflow_tracking_uri
 
 
@@ -32,14 +34,25 @@ class RunHandle:
     run_id: str
 
 
+# A webhook URL is its own credential (Slack-style hooks carry the token in the path).
+_HOST_ONLY_PARAMS = {"budget.webhook_url"}
+
+
 def config_params(config: TailcalConfig) -> dict[str, str]:
-    """The resolved config flattened to `section.key` params (configs hold no secrets)."""
+    """The resolved config flattened to `section.key` params.
+
+    Configs refuse secret keys and credentials in the gateway URL; as a second line, any
+    URL's password is masked and the webhook URL is reduced to its scheme and host.
+    """
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, item)
+        elif isinstance(value, str) and "://" in value:
+            parts = urlsplit(mask_url(value))
+            flat[prefix] = f"{parts.scheme}://{parts.hostname}/…" if prefix in _HOST_ONLY_PARAMS else parts.geturl()
         else:
             flat[prefix] = str(value)
 

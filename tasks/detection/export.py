@@ -64,17 +64,21 @@ def export_ir(model, out_dir: Path, input_size: int) -> ExportResult:
 
 
 def ensure_fp16_ir(config: DetectorConfig, models_dir: Path) -> Path:
-    """The FP16 IR of `config`'s checkpoint, exported once into `<models_dir>/<checkpoint digest>/`.
+    """The FP16 IR of `config`'s checkpoint, exported once into `<models_dir>/<key>/`.
 
-    Every run and ablation cell on the same checkpoint reuses it. Raises DetectorError when
-    the checkpoint is missing or does not fit the architecture.
+    The key is the checkpoint's sha256 and the detector settings the IR bakes in
+    (architecture, classes, input size): every run and ablation cell on the same detector
+    reuses it, and changing any of those exports anew. Raises DetectorError when the
+    checkpoint is missing or does not fit the architecture.
     """
     from tasks.detection.model import build_detector
 
     model = build_detector(config)  # raises a clear error when the checkpoint is missing
+    digest = hashlib.sha256()
     with Path(config.checkpoint).open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    out_dir = models_dir / digest[:12]
+        digest.update(hashlib.file_digest(handle, "sha256").digest())
+    digest.update(f"{config.architecture}:{config.num_classes}:{config.input_size}".encode())
+    out_dir = models_dir / digest.hexdigest()[:12]
     xml_path = ir_path(out_dir, "fp16")
     if not xml_path.exists():
         export_ir(model, out_dir, config.input_size)

@@ -101,7 +101,15 @@ def build_detector(config: DetectorConfig, load_checkpoint: bool = True) -> FCOS
                 f"checkpoint {path} does not exist: train one with `tailcal train-detector` "
                 "or set detector.checkpoint to your own"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and runtime errors for a file that is not a checkpoint
+            raise DetectorError(
+                f"checkpoint {path} is not a PyTorch state_dict torch.load can read with weights_only=True "
+                f"({type(exc).__name__}): point detector.checkpoint at a .pt file of weights"
+            ) from None
+        if not isinstance(state, dict):
+            raise DetectorError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
         try:
             model.load_state_dict(state.get("model", state))
         except RuntimeError as exc:

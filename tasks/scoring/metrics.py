@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from tasks.errors import ServiceError
 from tasks.scoring.offline_litellm import CustomLogger
 
 _SHARED: ScoringMetrics | None = None
@@ -73,8 +74,16 @@ class ScoringMetrics:
             return _SHARED
 
     def serve(self, port: int) -> None:
-        """Expose /metrics on 127.0.0.1:`port` for the duration of the process."""
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        """Expose /metrics on 127.0.0.1:`port` for the duration of the process.
+
+        Raises ServiceError when the port cannot be bound.
+        """
+        try:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror}): set scoring.metrics_port to a free port"
+            ) from None
 
 
 class AttemptLogger(CustomLogger):

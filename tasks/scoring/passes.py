@@ -347,7 +347,7 @@ async def _settle(session: ScoringSession, token: str, reserved_eur: float, actu
         session.metrics.budget_alerts.labels(ledger=session.ledger_label).inc()
         session.alerts.append(settlement.spent_eur)
         log.warning(
-            "budget alert: €%.4f spent of €%.2f cap (threshold %.0f%%) for ledger %s",
+            "budget alert: €%.6g spent of €%.6g cap (threshold %.0f%%) for ledger %s",
             settlement.spent_eur,
             session.setup.budget.cap_eur,
             100 * session.setup.budget.alert_fraction,

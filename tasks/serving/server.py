@@ -6,12 +6,14 @@ tailcal serve --ir-dir data/demo/mlartifacts/<run_id>/artifacts/ir --port 8810
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from tasks.config import ServingConfig, load_config
+from tasks.errors import ConfigError, ServiceError
 from tasks.loopback import LoopbackServer
 
 if TYPE_CHECKING:  # the app loads torch and OpenVINO (seconds): `tailcal --help` must not wait for them
@@ -35,6 +37,19 @@ def build_app(config: ServingConfig) -> FastAPI:
     torch.set_num_threads(1)
     engines = load_engines(config)
     return create_app(engines, config, warm_up(engines, config.warmup_requests))
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on before seconds go into loading the tiers."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port: use 1–65535")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port or --host"
+            ) from None
 
 
 class BackgroundServer(LoopbackServer):
@@ -68,6 +83,7 @@ def serve(
         host: Address to listen on.
         port: TCP port to listen on.
     """
+    _check_listen_address(host, port)
     config = load_config(config_path).serving if config_path else ServingConfig()
     update: dict = {}
     if ir_dir:

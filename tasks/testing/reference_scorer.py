@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from tasks.difficulty import assess
+from tasks.errors import ConfigError
 from tasks.loopback import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,8 @@ def serve(port: int = 8808, latency_s: float = 0.0) -> None:
         port: TCP port on 127.0.0.1; 0 picks a free one.
         latency_s: Seconds added to every reply, to mimic a provider's latency.
     """
+    if not 0 <= port <= 65535 or latency_s < 0:
+        raise ConfigError(f"--port {port} / --latency-s {latency_s}: the port must be 0–65535 and the latency ≥ 0")
     server = ReferenceScorer(ScorerSettings(latency_s=latency_s), port=port)
     server.start()
     log.info("reference scorer (not a VLM) listening on %s", server.base_url)

@@ -153,11 +153,11 @@ def test_an_invalid_override_is_named_as_a_run_parameter_not_the_files_value(tmp
 
 def test_section_with_validates_the_change_like_the_file():
     section = SelectionConfig()
-    assert section_with(section, k=32, seed=4) == SelectionConfig(k=32, seed=4), "a valid change is applied"
+    assert section_with(section, "test", k=32, seed=4) == SelectionConfig(k=32, seed=4), "a valid change is applied"
     with pytest.raises(ConfigError, match=r"k = 0: Input should be greater than or equal to 1"):
-        section_with(section, k=0)
+        section_with(section, "test", k=0)
     with pytest.raises(ConfigError, match="seed = -1"):
-        section_with(section, seed=-1)
+        section_with(section, "test", seed=-1)
 
 
 def test_a_directory_a_binary_file_and_a_missing_file_are_named_with_the_fix(tmp_path, monkeypatch):
@@ -170,3 +170,10 @@ def test_a_directory_a_binary_file_and_a_missing_file_are_named_with_the_fix(tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=rf"relative paths start from the working directory, {tmp_path}"):
         load_config("configs/demo.yaml")
+
+
+def test_credentials_in_the_gateway_url_are_refused(tmp_path):
+    text = MINIMAL.replace("gateway:\n", "gateway:\n  url: https://alice:hunter2@gw.example.com/v1\n")
+    with pytest.raises(ConfigError, match=r"gateway.url = .*url holds credentials .*TAILCAL_GATEWAY_KEY") as caught:
+        load_config(write(tmp_path, text))
+    assert "hunter2" not in str(caught.value), f"the refused password is not echoed: {caught.value}"

@@ -70,3 +70,12 @@ def test_checkpoint_round_trip_keeps_outputs_close(model, tmp_path):
         b = loaded.head(list(loaded.backbone(x).values()))["cls_logits"]
     assert torch.allclose(a, b, atol=5e-2), f"max diff {float((a - b).abs().max())}"
     assert path.stat().st_size < 25 * 2**20, "checkpoint must stay under 25 MB"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_with_the_fix(tmp_path):
+    # given a text file where a checkpoint should be
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not weights")
+    # then building the detector names the file and what it should be, not a pickle traceback
+    with pytest.raises(DetectorError, match=r"notes.pt is not a PyTorch state_dict .*point detector.checkpoint"):
+        build_detector(DetectorConfig(checkpoint=str(bogus)))

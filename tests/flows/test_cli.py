@@ -126,3 +126,29 @@ def test_the_readme_shows_each_commands_help_as_it_is(command, capsys, monkeypat
     shown = "\n".join(line.rstrip() for line in capsys.readouterr().out.strip().splitlines())
     readme = (ROOT / "README.md").read_text()
     assert shown in readme, f"README.md is out of date for `tailcal {command} --help`; it prints:\n{shown}"
+
+
+def test_train_detector_refuses_a_budget_or_batch_that_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    code = main(["train-detector", "--minutes", "-1", "--batch-size", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--minutes -1.0" in err and "--batch-size 0" in err, err
+    assert not out.exists(), "nothing is written for a refused training"
+
+
+def test_servers_refuse_a_port_they_cannot_listen_on_before_loading_anything(capsys):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        for argv in (
+            ["serve", "--port", "70000"],
+            ["serve", "--port", str(busy)],
+            ["reference-scorer", "--port", str(busy)],
+        ):
+            code = main(argv)
+            last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+            assert code == 2 and len(last) == 1, f"{argv}: exit {code}, {last}"
+            assert "port" in last[0], f"{argv}: the message names the port: {last[0]}"

@@ -93,3 +93,15 @@ def test_a_k_the_pool_cannot_fill_is_refused_before_anything_is_paid(tmp_path, c
     assert code == 2 and len(err) == 1, f"exit 2, one line: {err}"
     assert "selection.k=31" in err[0] and "30 candidate(s)" in err[0], f"names K and the pool size: {err[0]}"
     assert not (tmp_path / "data" / "score-logs").exists(), "no shard was scored (nothing paid)"
+
+
+def test_a_missing_checkpoint_is_refused_before_the_pool_is_scored(tmp_path, capsys):
+    config = write_config(
+        tmp_path / "nockpt.yaml",
+        data={"data_dir": str(tmp_path / "data"), "synthetic": {"seed": 2, "pool_size": 30, "eval_size": 4}},
+        detector={"checkpoint": str(tmp_path / "missing.pt")},
+    )
+    code = main(["run", "--config", str(config), "--k", "8"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+    assert code == 2 and len(err) == 1 and "missing.pt does not exist" in err[0], err
+    assert not (tmp_path / "data" / "score-logs").exists(), "no shard was scored (nothing paid)"
