@@ -40,17 +40,6 @@ app = cyclopts.App(
 )
 
 
-def _flow(module: str, name: str) -> Callable:
-    """A flow, imported when its command runs: Prefect and the stage code load only then."""
-
-    def load():
-        import importlib
-
-        return getattr(importlib.import_module(module), name)
-
-    return load
-
-
 def _prefect_settings() -> AbstractContextManager:
     """The ephemeral Prefect API's settings for the duration of a flow run (none with a server)."""
     from prefect import settings
@@ -84,16 +73,16 @@ def _user_errors_without_traceback() -> Iterator[None]:
             logger.removeFilter(quiet)
 
 
-def _register(command: str, load: Callable[[], Callable], signature_of: Callable) -> None:
-    """Register `command` with `signature_of`'s options; the callable `load()` returns runs it."""
+def _register(command: str, target: Callable) -> None:
+    """Register `command` running `target` (a Prefect flow or a plain function) with its options."""
+    signature_of = getattr(target, "fn", target)  # a flow's own function carries the signature
 
     def run(**kwargs):
         arguments = inspect.signature(signature_of).bind_partial(**kwargs)
         arguments.apply_defaults()
         if arguments.arguments.get("config_path") is not None:
             load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect starts
-        target = load()
-        if not hasattr(target, "fn"):  # a plain function, not a flow
+        if target is signature_of:  # a plain function, not a flow
             return target(**kwargs)
         with _prefect_settings(), _user_errors_without_traceback():
             return target(**kwargs)
@@ -108,19 +97,19 @@ def _register(command: str, load: Callable[[], Callable], signature_of: Callable
 
 
 def _commands() -> None:
-    # Flow modules import Prefect (~1 s) but none of the heavy stage libraries; their
-    # signatures are read from the flow function itself.
+    # Flow modules import Prefect (~1 s) but none of the heavy stage libraries (torch,
+    # OpenVINO, litellm load inside the stages), so `tailcal --help` stays quick.
     from flows import ablation, drift_monitor, release_cycle, scoring, train_detector
     from tasks.serving import server
     from tasks.testing import reference_scorer
 
-    _register("run", _flow("flows.release_cycle", "release_cycle"), release_cycle.release_cycle.fn)
-    _register("ablate", _flow("flows.ablation", "ablation"), ablation.ablation.fn)
-    _register("score", _flow("flows.scoring", "score"), scoring.score.fn)
-    _register("drift", _flow("flows.drift_monitor", "drift_monitor"), drift_monitor.drift_monitor.fn)
-    _register("train-detector", lambda: train_detector.train_detector, train_detector.train_detector)
-    _register("serve", lambda: server.serve, server.serve)
-    _register("reference-scorer", lambda: reference_scorer.serve, reference_scorer.serve)
+    _register("run", release_cycle.release_cycle)
+    _register("ablate", ablation.ablation)
+    _register("score", scoring.score)
+    _register("drift", drift_monitor.drift_monitor)
+    _register("train-detector", train_detector.train_detector)
+    _register("serve", server.serve)
+    _register("reference-scorer", reference_scorer.serve)
 
 
 _commands()
