@@ -87,32 +87,34 @@ def resolve_pool(uri: str, filesystems: Filesystems) -> PoolLocation:
     return PoolLocation(uri=uri, filesystem=filesystem, root=root, scheme=scheme, image_base=root)
 
 
-def list_parquet_files(location: PoolLocation) -> list[str]:
-    """Every `*.parquet` object under the root, sorted; other objects (_SUCCESS, images) are ignored."""
+def list_tree(location: PoolLocation) -> list[str]:
+    """Every file under the root, sorted and unfiltered (`[root]` when the root is a single file).
+
+    Which of them make up the pool (hidden and `_`-prefixed paths, Hive partitions, a Delta
+    log) is decided in `layout.py`, which needs to see the metadata files to decide.
+    """
     try:
         info = location.filesystem.get_file_info(location.root)
         if info.type == pafs.FileType.File:
             # A single file: PoolLocation.image_base is moved to its folder by the caller.
-            return [location.root] if location.root.endswith(".parquet") else []
+            return [location.root]
         if info.type == pafs.FileType.NotFound and location.scheme == "file":
             raise EmptyPoolError(f"pool path {location.uri!r} does not exist: check pool.uri or generate the pool")
         selector = pafs.FileSelector(location.root, recursive=True, allow_not_found=True)
         infos = location.filesystem.get_file_info(selector)
     except OSError as exc:
-        hint = (
+        raise PoolAccessError(f"could not list pool {location.uri!r}: {exc}. {access_hint(location)}") from exc
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def access_hint(location: PoolLocation) -> str:
+    """What to check when the pool's store cannot be listed or read."""
+    if location.scheme == "s3":
+        return (
             "Check the bucket and prefix, the AWS credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE) "
             "and TAILCAL_S3_ENDPOINT for S3-compatible stores"
-            if location.scheme == "s3"
-            else "Check the path and its permissions"
         )
-        raise PoolAccessError(f"could not list pool {location.uri!r}: {exc}. {hint}") from exc
-    return sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File
-        and i.base_name.endswith(".parquet")
-        and not i.base_name.startswith(("_", "."))  # Spark/Hadoop metadata and hidden temp files
-    )
+    return "Check the path and its permissions"
 
 
 def resolve_image_uri(image_uri: str, location: PoolLocation, filesystems: Filesystems) -> tuple[pafs.FileSystem, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -16,13 +16,13 @@ from tasks.config import PoolConfig, RuntimeEnv
 from tasks.errors import ConfigError, EmptyPoolError
 
 from .images import check_image
+from .layout import discover
 from .models import Candidate, IngestReport, PoolDigest, Skipped
 from .scan import PoolFile, iter_batches, open_pool_file, sample_rank, subset_threshold
 from .storage import (
     Filesystems,
     ObjectTooLarge,
     PoolLocation,
-    list_parquet_files,
     read_object,
     resolve_image_uri,
     resolve_pool,
@@ -41,15 +41,17 @@ class _Row:
     class_hint: str | None
     source: str | None
     captured_at: datetime | None
+    conflict: str | None = None  # the file and its partition path (or Delta log) disagree on a metadata value
 
 
 def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestReport) -> Iterator[list[Candidate]]:
     """Batches of up to `pool.batch_rows` validated candidates from the Parquet pool at `pool.uri`.
 
-    `pool.uri` is `s3://bucket/prefix/` or a local path (a directory of `*.parquet` files, or
-    one file). Schema problems and an empty pool raise here, before the first batch is asked
-    for; bad images are skipped and recorded in `report`, whose `pool_digest` is set once
-    the iterator is exhausted.
+    `pool.uri` is `s3://bucket/prefix/` or a local path: one file, a folder of `*.parquet`
+    files (paths with a component starting `_` or `.` are ignored; `key=value` folders set
+    metadata), or a Delta table (see layout.py). Schema problems and an empty pool raise
+    here, before the first batch is asked for; bad images are skipped and recorded in
+    `report`, whose `pool_digest` is set once the iterator is exhausted.
 
     Raises PoolSchemaError (a required or filtered column is missing or mistyped; the file
     is named), EmptyPoolError (no Parquet files, no rows after filters, or every row
@@ -61,15 +63,17 @@ def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestRepo
     filesystems = Filesystems(env)
     location = resolve_pool(uri, filesystems)
     report.uri = uri
-    paths = list_parquet_files(location)
-    if not paths:
+    layout = discover(location)
+    if not layout.parts:
         raise EmptyPoolError(
-            f"no *.parquet files under pool URI {uri!r}: check pool.uri (bucket, prefix or path) "
-            "and that the pool was written there"
+            f"no *.parquet files under pool URI {uri!r}"
+            + (" in the Delta table's current version" if layout.kind.startswith("delta") else "")
+            + ": check pool.uri (bucket, prefix or path) and that the pool was written there "
+            "(paths with a folder or name starting with '_' or '.' are ignored)"
         )
-    if paths == [location.root]:
+    if layout.kind == "file":
         location = replace(location, image_base=posixpath.dirname(location.root))
-    files = [open_pool_file(path, location, pool) for path in paths]
+    files = [open_pool_file(part, location, pool) for part in layout.parts]
     report.files = len(files)
     report.rows_matched = sum(f.rows for f in files)
     if report.rows_matched == 0:
@@ -77,8 +81,9 @@ def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestRepo
     threshold = subset_threshold(files, pool)
     report.rows_expected = report.rows_matched if threshold is None else pool.subset_size
     logger.info(
-        "ingesting %s: %d file(s), %d row(s) after filters%s",
+        "ingesting %s (%s): %d file(s), %d row(s) after filters%s",
         uri,
+        layout.kind,
         len(files),
         report.rows_matched,
         f", sampling {pool.subset_size} (seed {pool.subset_seed})" if threshold is not None else "",
@@ -108,7 +113,9 @@ def _stream(
             offset = 0  # row number within the file's filtered rows, to point at null ids
             for record_batch in iter_batches(pool_file, pool.batch_rows):
                 todo: list[_Row] = []
-                for row_index, row in enumerate(_rows(record_batch), start=offset):
+                for row_index, row in enumerate(
+                    _rows(record_batch, pool_file.partitions, pool_file.origin), start=offset
+                ):
                     if threshold is not None and not _sampled(row.id, pool.subset_seed, threshold):
                         continue
                     report.rows_seen += 1
@@ -118,7 +125,10 @@ def _stream(
                         _skip(report, Skipped(row.id, "duplicate id"))
                     else:
                         seen.add(row.id)
-                        todo.append(row)
+                        if row.conflict is not None:
+                            _skip(report, Skipped(row.id, row.conflict))
+                        else:
+                            todo.append(row)
                 offset += record_batch.num_rows
                 # A task per row costs the main thread more than validating an inline image, so
                 # rows go out in chunks; twice as many chunks as workers keeps all of them busy
@@ -156,11 +166,27 @@ def _sampled(candidate_id: str | None, seed: int, threshold: int) -> bool:
     return candidate_id is None or sample_rank(candidate_id, seed) <= threshold
 
 
-def _rows(batch: pa.RecordBatch) -> Iterator[_Row]:
+def _rows(batch: pa.RecordBatch, partitions: Mapping[str, str | None], origin: str) -> Iterator[_Row]:
+    """The batch's rows; a metadata column the file lacks takes its partition value (from the
+    path or the Delta log), and a row whose own value disagrees with it carries a conflict."""
     names = batch.schema.names
+    conflicts: list[str | None] = [None] * batch.num_rows
 
     def column(name: str) -> list:
-        return batch.column(name).to_pylist() if name in names else [None] * batch.num_rows
+        if name in names:
+            values = batch.column(name).to_pylist()
+            if name in partitions:
+                wanted = partitions[name]
+                for i, value in enumerate(values):
+                    if value != wanted and conflicts[i] is None:
+                        conflicts[i] = (
+                            f"{name} is {value!r} in the file but {wanted!r} in {origin}: "
+                            "fix the value or move the file under the matching partition"
+                        )
+            return values
+        if name in partitions:
+            return [partitions[name]] * batch.num_rows
+        return [None] * batch.num_rows
 
     ids, images, uris = column("id"), column("image"), column("image_uri")
     conditions, hints, sources, times = (
@@ -170,7 +196,9 @@ def _rows(batch: pa.RecordBatch) -> Iterator[_Row]:
         column("captured_at"),
     )
     for i in range(batch.num_rows):
-        yield _Row(ids[i], images[i], uris[i] or None, conditions[i], hints[i], sources[i], _utc(times[i]))
+        yield _Row(
+            ids[i], images[i], uris[i] or None, conditions[i], hints[i], sources[i], _utc(times[i]), conflicts[i]
+        )
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -23,6 +23,17 @@ from tasks.errors import EmptyPoolError, PoolAccessError, PoolSchemaError
 from tasks.ingest import Candidate, IngestReport
 from tasks.loopback import free_port
 from tasks.synth.write import write_pool
+from tests.ingest.layouts import (
+    delta_add,
+    delta_header,
+    delta_remove,
+    stale_copy,
+    write_delta_commit,
+    write_delta_file,
+    write_flat,
+    write_hive,
+    write_spark_output,
+)
 from tests.support import bomb_png, jpeg_bytes, truncated_jpeg
 from tests.support import ingest as ingest_pool
 
@@ -87,14 +98,19 @@ def inline_pool(tmp_path_factory, s3) -> tuple[Path, str]:
     write_pool(SYNTH, local, n=40, rows_per_file=16)
     for part in sorted(local.glob("*.parquet")):
         s3.put(f"inline/{part.name}", part.read_bytes())
-    # Objects a Spark job or an image dump leave beside the Parquet: ingest must ignore them.
+    # Objects a Spark job or an image dump leave beside the Parquet: ingest must ignore them,
+    # including a leftover task attempt holding the first part's ids with other bytes.
     s3.put("inline/_SUCCESS", b"")
+    s3.put("inline/.part-00000.parquet.crc", b"crc")
     s3.put("inline/thumbs/c0000000.jpg", jpeg_bytes())
+    first = pq.read_table(sorted(local.glob("*.parquet"))[0])
+    s3.put_table("inline/_temporary/0/_temporary/attempt_x/part-00000.parquet", stale_copy(first))
     return local, f"s3://{BUCKET}/inline/"
 
 
 def test_inline_pool_reads_the_same_from_s3_and_local(inline_pool):
-    # given one inline-image pool on local disk and uploaded to S3 (with _SUCCESS and a stray jpg)
+    # given one inline-image pool on local disk and uploaded to S3 (with Spark's _SUCCESS, a .crc,
+    # a stale _temporary/ attempt of the first part, and a stray jpg)
     local, uri = inline_pool
     # when both are ingested
     from_local, local_report = ingest(local)
@@ -195,3 +211,55 @@ def test_unreachable_endpoint_is_an_access_error_that_says_what_to_check(s3, mon
     with pytest.raises(PoolAccessError, match="TAILCAL_S3_ENDPOINT") as error:
         ingest(f"s3://{BUCKET}/inline/")
     assert f"s3://{BUCKET}/inline/" in str(error.value), f"the URI is named: {error.value}"
+
+
+def upload_tree(s3: S3, root: Path, prefix: str) -> str:
+    """Every file under `root`, hidden and `_`-prefixed ones included, as objects under `prefix`."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        s3.put(f"{prefix}/{path.relative_to(root).as_posix()}", path.read_bytes())
+    return f"s3://{BUCKET}/{prefix}/"
+
+
+def _spark(root: Path, table: pa.Table) -> pa.Table:
+    write_spark_output(root, table.slice(0, 8))
+    return table.slice(0, 8)
+
+
+def _hive(root: Path, table: pa.Table) -> pa.Table:
+    conditions = table.column("condition").to_pylist()
+    conditions[0], conditions[1] = "low light/dusk", None  # a percent-encoded and a null partition
+    table = table.set_column(table.schema.get_field_index("condition"), "condition", pa.array(conditions, pa.string()))
+    write_hive(root, table, ["source", "condition"])
+    return table
+
+
+def _delta(root: Path, table: pa.Table) -> pa.Table:
+    # version 0 adds two files; version 1 removes the second (left on disk, as before VACUUM)
+    first = write_delta_file(root, table.slice(0, 12), {}, "part-00000-a.c000.snappy.parquet")
+    second = write_delta_file(root, table.slice(12), {}, "part-00001-a.c000.snappy.parquet")
+    write_delta_commit(root, 0, [*delta_header([]), delta_add(first, {}), delta_add(second, {})])
+    write_delta_commit(root, 1, [delta_remove(second)])
+    return table.slice(0, 12)
+
+
+@pytest.mark.parametrize(("layout", "files"), [(_spark, 1), (_hive, None), (_delta, 1)], ids=["spark", "hive", "delta"])
+def test_writer_layouts_on_s3_read_like_the_same_rows_in_one_flat_file(s3, tmp_path, layout, files):
+    # given a writer's folder (Spark leftovers, Hive partitions, a Delta table with a removed file)
+    # on local disk and uploaded object by object to S3, and the rows it holds as one flat file
+    synthetic = tmp_path / "synthetic"
+    write_pool(SYNTH, synthetic, n=24)
+    local = tmp_path / "layout"
+    held = layout(local, ds.dataset(synthetic, format="parquet").to_table())
+    uri = upload_tree(s3, local, f"layouts/{layout.__name__.strip('_')}")
+    # when all three are ingested
+    from_local, local_report = ingest(local)
+    from_s3, s3_report = ingest(uri)
+    _, flat = ingest(write_flat(held, tmp_path / "flat" / "pool.parquet"))
+    # then S3 applies the same rules as local, and both read the pool the flat file holds
+    assert len(from_s3) == held.num_rows and s3_report.skipped == [], f"0 skipped: {s3_report.summary()}"
+    if files is not None:
+        assert s3_report.files == files, f"only the pool's own files are read: {s3_report.summary()}"
+    assert fingerprint(from_s3) == fingerprint(from_local), "S3 and local give identical candidates"
+    assert s3_report.pool_digest == local_report.pool_digest == flat.pool_digest, "one pool digest for all three"
+    if layout is _spark:
+        assert [c.image for c in from_s3] == held.column("image").to_pylist(), "the committed bytes, not the stale"
