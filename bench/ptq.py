@@ -59,7 +59,7 @@ def main() -> None:
     from tasks.config import DetectorConfig, EvaluationConfig, QuantizationConfig
     from tasks.detection.export import export_ir
     from tasks.detection.model import build_detector
-    from tasks.detection.preprocess import preprocess
+    from tasks.detection.preprocess import Preprocessing
     from tasks.detection.runtime import compare_speed
     from tasks.evaluation.evaluate import evaluate_ir
     from tasks.evaluation.split import load_eval_split
@@ -67,7 +67,8 @@ def main() -> None:
     torch.set_num_threads(1)
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="tailcal-ptq-"))
     model = build_detector(DetectorConfig(checkpoint=args.checkpoint))
-    exported = export_ir(model, out_dir, input_size=192)
+    preprocessing = Preprocessing(192)
+    exported = export_ir(model, out_dir, preprocessing)
     calibration = calibration_images(args.calib_dir, args.calib_pool, args.k)
 
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def main() -> None:
     quantized = quantize_ir(exported.xml_path, calibration, quantization, out_dir)
     ptq_wall = time.perf_counter() - started
 
-    split = load_eval_split(args.eval_dir)
+    split = load_eval_split(args.eval_dir, num_classes=DetectorConfig().num_classes)
     evaluation = EvaluationConfig()
     fp = evaluate_ir(exported.xml_path, split, evaluation, measure_speed=False)
     int8 = evaluate_ir(quantized.int8_ir_path, split, evaluation, measure_speed=False)
@@ -83,7 +84,7 @@ def main() -> None:
         [exported.xml_path, quantized.int8_ir_path], split.images[0], args.latency_iterations, rounds=args.speed_rounds
     )
     fp_speed, int8_speed = speeds[exported.xml_path], speeds[quantized.int8_ir_path]
-    inputs = [preprocess([image]) for image in split.head(args.clipping_images).images]
+    inputs = preprocessing.inputs(split.head(args.clipping_images).images)
     clipping = activation_clipping(quantized.int8_ir_path, exported.xml_path, inputs)
 
     ratio = int8_speed.throughput_ips / fp_speed.throughput_ips

@@ -100,7 +100,7 @@ async def load(base_url: str, bodies: list[bytes], concurrency: int, max_seconds
     return {"results": results, "latencies": latencies, "wall": wall, "tiers": tiers, "fallbacks": fallbacks}
 
 
-def served_map(coco: dict, results: dict[int, dict]) -> float:
+def served_map(coco: dict, results: dict[int, dict], category_ids: tuple[int, ...]) -> float:
     from tasks.detection.postprocess import Detections
     from tasks.evaluation.coco import coco_map
 
@@ -116,10 +116,10 @@ def served_map(coco: dict, results: dict[int, dict]) -> float:
             np.array([d["score"] for d in dets], np.float32),
             np.array([d["label"] for d in dets], np.int64),
         )
-    return coco_map(subset, detections, breakdown=False).map
+    return coco_map(subset, detections, category_ids, breakdown=False).map
 
 
-def measure(mode_tiers: dict[str, Path], args, bodies: list[bytes], coco: dict) -> dict:
+def measure(mode_tiers: dict[str, Path], args, bodies: list[bytes], coco: dict, category_ids: tuple[int, ...]) -> dict:
     from tasks.loopback import free_port
 
     port = free_port()
@@ -135,7 +135,7 @@ def measure(mode_tiers: dict[str, Path], args, bodies: list[bytes], coco: dict) 
         "ips": len(run["results"]) / run["wall"],
         "p50": float(np.percentile(lat, 50)),
         "p99": float(np.percentile(lat, 99)),
-        "map": served_map(coco, run["results"]),
+        "map": served_map(coco, run["results"], category_ids),
         "tiers": dict(run["tiers"]),
         "fallbacks": run["fallbacks"],
     }
@@ -162,7 +162,9 @@ def main() -> None:
     tiers = {"int8": ir_dir / "detector_int8.xml", "fp16": ir_dir / "detector_fp16.xml"}
     if (ir_dir / "detector_int8_ac.xml").exists():
         tiers["mixed"] = ir_dir / "detector_int8_ac.xml"
-    coco = load_eval_split(args.eval_dir, args.images).coco
+    # Served labels are scored with the split's default mapping (label i → i-th smallest category id).
+    split = load_eval_split(args.eval_dir, args.images)
+    coco = split.coco
     bodies = [(args.eval_dir / "images" / img["file_name"]).read_bytes() for img in coco["images"]]
     conditions = Counter(img.get("condition", "unknown") for img in coco["images"])
     print(f"router bench: {len(bodies)} eval images ({dict(conditions.most_common())}), IRs {ir_dir}")
@@ -176,7 +178,7 @@ def main() -> None:
     # Neighbours share the CPU: alternate the modes and keep each one's best round.
     for _ in range(args.rounds):
         for mode, mode_tiers in modes.items():
-            row = measure(mode_tiers, args, bodies, coco)
+            row = measure(mode_tiers, args, bodies, coco, split.category_ids)
             if mode not in rows or row["ips"] > rows[mode]["ips"]:
                 rows[mode] = row
 

@@ -115,7 +115,7 @@ def ablation(
         run_dir = config.data.data_dir / "runs" / parent.run_id
         # Detector and eval split first: a bad checkpoint or split fails before scoring is paid.
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
-        split = load_split(config.evaluation)
+        split = load_split(config.evaluation, config.detector)
         scored = score_stage(config, env, run_dir, largest_k=max(ks))
         tracking.log_artifact(parent, str(scored.scores_path))
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)

@@ -204,7 +204,7 @@ def release_cycle(
         # The detector and the eval split are read first: a bad checkpoint or a missing split
         # fails before the pool is scored and paid for.
         fp_ir = export_fp16_ir(config.detector, config.data.data_dir / "models")
-        split = load_split(config.evaluation)
+        split = load_split(config.evaluation, config.detector)
         scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
         log_pool_dataset(run, config, scored)
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)

@@ -34,7 +34,21 @@ if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` im
     from tasks.scoring.shards import ShardResult
 
 
-@task(name="score-shard", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def _transient(task, task_run, state) -> bool:
+    """Retry a shard on transient failures only: a TailcalError (the gateway refused the
+    requests, Redis stayed down) would fail the same way again."""
+    from tasks.errors import TailcalError
+
+    try:
+        state.result()
+    except TailcalError:
+        return False
+    except Exception:  # any other failure is worth one more try; the cache makes it free
+        return True
+    return True
+
+
+@task(name="score-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NONE)
 def score_shard(
     setup: ScoringSetup,
     embedded_redis_url: str | None,

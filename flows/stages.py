@@ -71,10 +71,11 @@ def export_fp16_ir(detector: DetectorConfig, models_dir: Path) -> Path:
 
 
 @task(name="load-eval-split", cache_policy=NONE)
-def load_split(evaluation: EvaluationConfig) -> EvalSplit:
+def load_split(evaluation: EvaluationConfig, detector: DetectorConfig) -> EvalSplit:
+    """The eval split, its categories checked against the detector's classes and `evaluation.label_map`."""
     from tasks.evaluation.split import load_eval_split
 
-    return load_eval_split(evaluation.dataset_dir)
+    return load_eval_split(evaluation.dataset_dir, num_classes=detector.num_classes, label_map=evaluation.label_map)
 
 
 @task(name="activation-profiles", cache_policy=NONE)
@@ -136,9 +137,9 @@ def measure_speeds(ir_paths: list[Path], split: EvalSplit, evaluation: Evaluatio
 @task(name="activation-clipping", cache_policy=NONE)
 def clipping(int8_ir: Path, fp_ir: Path, split: EvalSplit, evaluation: EvaluationConfig) -> ClippingReport:
     from tasks.calibration.clipping import activation_clipping
-    from tasks.detection.preprocess import preprocess
+    from tasks.detection.runtime import preprocessing_of
 
-    inputs = [preprocess([image]) for image in split.head(evaluation.clipping_images).images]
+    inputs = preprocessing_of(fp_ir).inputs(split.head(evaluation.clipping_images).images)
     return activation_clipping(int8_ir, fp_ir, inputs, evaluation.clipping_flag_fraction)
 
 

@@ -61,7 +61,9 @@ def train_detector(
     """
     from tasks.config import DetectorConfig
     from tasks.detection.model import build_detector, save_checkpoint
+    from tasks.detection.preprocess import Preprocessing
     from tasks.detection.training import TrainSettings, load_split, train
+    from tasks.evaluation.split import load_eval_split
 
     positive = {"minutes": minutes, "lr": lr}
     at_least_one = {"train_images": train_images, "eval_images": eval_images, "batch_size": batch_size}
@@ -77,20 +79,23 @@ def train_detector(
     eval_split = _ensure_split("eval", eval_dir, eval_images, seed, workers)
     config = DetectorConfig(checkpoint=str(out))
     model = build_detector(config, load_checkpoint=False)
-    split = load_split(train_split)
+    preprocessing = Preprocessing(config.input_size, config.resize)
+    split = load_split(train_split, preprocessing, num_classes=config.num_classes)
+    # Scored with the labels it is trained on; refused now, not after the training budget is spent.
+    scored_on = load_eval_split(eval_split, num_classes=config.num_classes, label_map=split.category_ids)
     settings = TrainSettings(budget_s=minutes * 60, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     logger.info("training on %d images for %.0f min", len(split.boxes), minutes)
 
     def checkpoint(m, step):
-        save_checkpoint(m, out, {"step": step, "partial": True})
+        save_checkpoint(m, out, {"step": step, "partial": True, "category_ids": list(split.category_ids)})
 
     result = train(model, split, settings, on_checkpoint=checkpoint)
-    save_checkpoint(model, out, {"steps": result.steps, "wall_s": result.wall_s, "settings": vars(settings)})
+    metadata = {"steps": result.steps, "wall_s": result.wall_s, "settings": vars(settings)}
+    save_checkpoint(model, out, metadata | {"category_ids": list(split.category_ids)})
     # After training: a crash from here on must not lose the weights.
     from tasks.evaluation.evaluate import evaluate_torch
-    from tasks.evaluation.split import load_eval_split
 
-    evaluation = evaluate_torch(build_detector(config), load_eval_split(eval_split))
+    evaluation = evaluate_torch(build_detector(config), scored_on, preprocessing)
     report = {"train": vars(result), "settings": vars(settings), "eval": evaluation.as_dict()}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report

@@ -95,6 +95,13 @@ class GatewayConfig(_Strict):
     max_image_side: int = Field(512, ge=32, le=4096)
     concurrency: int = Field(32, ge=1, le=1024, description="Calls in flight per process, shared by its shards.")
     rpm: int | None = Field(None, ge=1)
+    max_identical_errors: int = Field(
+        20,
+        ge=1,
+        description="Stop scoring (GatewayError) after this many identical non-retryable failures in a row "
+        "(e.g. HTTP 400 for a request parameter, a reply cut at the length limit), counted across the "
+        "process's shards; a scored call resets the count.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -165,6 +172,10 @@ class DetectorConfig(_Strict):
     architecture: str = "fcos_compact"
     num_classes: int = Field(4, ge=1)
     input_size: int = Field(192, ge=32, le=2048)
+    resize: Literal["letterbox", "stretch"] = Field(
+        "letterbox",
+        description="How images of other sizes are fit to the square input: pad to keep aspect, or stretch.",
+    )
     checkpoint: str = "models/demo_detector.pt"
 
 
@@ -181,9 +192,22 @@ class EvaluationConfig(_Strict):
     """Labelled evaluation split (COCO JSON + images); defaults to <data_dir>/eval (resolved at load)."""
 
     dataset_dir: Path | None = None
+    label_map: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="COCO category id of each detector label (label i → label_map[i]); unset: the split's "
+        "category ids sorted ascending. Checked against the split and detector.num_classes when the split loads.",
+    )
     latency_iterations: int = Field(50, ge=1)
     clipping_images: int = Field(64, ge=1, description="Eval images run through the FP IR for clipping %.")
     clipping_flag_fraction: float = Field(0.01, gt=0.0, lt=1.0, description="Flag layers clipping more than this.")
+
+    @field_validator("label_map")
+    @classmethod
+    def _one_category_per_label(cls, label_map: list[int] | None) -> list[int] | None:
+        if label_map is not None and (repeated := sorted({i for i in label_map if label_map.count(i) > 1})):
+            raise ValueError(f"category ids {repeated} repeat: each detector label needs its own category")
+        return label_map
 
 
 class TrackingConfig(_Strict):

@@ -141,5 +141,6 @@ def demo_detector():
 def fp16_ir(demo_detector, tmp_path_factory) -> Path:
     """The demo detector exported once as <dir>/detector_fp16.xml (+ .bin)."""
     from tasks.detection.export import export_ir
+    from tasks.detection.preprocess import Preprocessing
 
-    return export_ir(demo_detector, tmp_path_factory.mktemp("fp16-ir"), input_size=192).xml_path
+    return export_ir(demo_detector, tmp_path_factory.mktemp("fp16-ir"), Preprocessing(192)).xml_path

@@ -22,7 +22,6 @@ from typing import Literal, Protocol
 import numpy as np
 
 from tasks.calibration.probes import ActivationProbe, read_model, tensor_name
-from tasks.detection.preprocess import decode_image, preprocess
 from tasks.errors import TailcalError
 
 logger = logging.getLogger(__name__)
@@ -136,13 +135,16 @@ def profile_pool(ir_path: str | Path, batches: Iterable[Sequence[ImageCandidate]
     For the `coverage` strategy: the pool is read once more, and only two numbers per image
     and site are kept.
     """
+    from tasks.detection.runtime import preprocessing_of
+
+    preprocessing = preprocessing_of(Path(ir_path))
     ids: list[str] = []
 
     def inputs():
         for batch in batches:
             for candidate in batch:
                 ids.append(candidate.id)
-                yield preprocess([decode_image(candidate.image)])
+                yield preprocessing.batch([candidate.image])[0]
 
     profiles = activation_profiles(ir_path, inputs())
     # ids fill in while the generator is consumed, so they are attached afterwards.

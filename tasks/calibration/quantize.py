@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks.config import QuantizationConfig, RangeEstimator
 from tasks.detection.export import ir_path
-from tasks.detection.preprocess import decode_image, preprocess
+from tasks.detection.preprocess import Preprocessing
 from tasks.errors import TailcalError
 
 if TYPE_CHECKING:
@@ -68,11 +68,11 @@ def _advanced(range_estimator: RangeEstimator):
     )
 
 
-def calibration_inputs(images: Sequence[np.ndarray | bytes]) -> list[np.ndarray]:
-    """Each image (uint8 RGB array or encoded bytes) as the normalized [1,3,H,W] tensor the IR takes."""
+def calibration_inputs(images: Sequence[np.ndarray | bytes], preprocessing: Preprocessing) -> list[np.ndarray]:
+    """Each image (uint8 RGB array or encoded bytes, any size) as the [1, 3, S, S] input the IR takes."""
     if not images:
         raise QuantizationError("no calibration images: select at least one (selection.k ≥ 1)")
-    return [preprocess([decode_image(image)]) for image in images]
+    return preprocessing.inputs(images)
 
 
 def quantize(
@@ -101,9 +101,9 @@ def quantize_ir(
     import nncf
     import openvino as ov
 
-    inputs = calibration_inputs(images)
-    started = time.perf_counter()
     model = ov.Core().read_model(str(fp_ir_path))
+    inputs = calibration_inputs(images, Preprocessing.of_model(model))
+    started = time.perf_counter()
     quantized = nncf.quantize(
         model,
         nncf.Dataset(inputs),
@@ -142,11 +142,12 @@ def quantize_ir_with_accuracy_control(
 
     from tasks.evaluation.evaluate import map_validation_fn
 
-    inputs = calibration_inputs(images)
-    validation_fn = map_validation_fn(validation)
+    model = ov.Core().read_model(str(fp_ir_path))
+    preprocessing = Preprocessing.of_model(model)
+    inputs = calibration_inputs(images, preprocessing)
+    validation_fn = map_validation_fn(validation, preprocessing)
     items = list(zip(validation.image_ids, validation.images, strict=True))
     started = time.perf_counter()
-    model = ov.Core().read_model(str(fp_ir_path))
 
     def _validate(compiled_model, batch) -> tuple[float, None]:
         # (metric, None) puts NNCF in metric mode: it ranks layers by the metric itself.
@@ -155,7 +156,7 @@ def quantize_ir_with_accuracy_control(
     quantized = nncf.quantize_with_accuracy_control(
         model,
         nncf.Dataset(inputs),
-        nncf.Dataset(items, lambda item: preprocess([item[1]])),
+        nncf.Dataset(items, lambda item: preprocessing.batch([item[1]])[0]),
         validation_fn=_validate,
         max_drop=config.max_drop,
         preset=_nncf_preset(config.preset),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.config import DetectorConfig
+from tasks.detection.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class ExportResult:
     wall_s: float
 
 
-def export_ir(model, out_dir: Path, input_size: int) -> ExportResult:
+def export_ir(model, out_dir: Path, preprocessing: Preprocessing) -> ExportResult:
     """Convert backbone + head of a torchvision FCOS to `<out_dir>/detector_fp16.xml`.
 
-    Weights are FP16-compressed; this CPU has no native fp16, so the IR runs in f32
-    (`tasks.detection.runtime` sets the precision hint explicitly).
+    The IR's input is [N, 3, S, S] with S = `preprocessing.input_size`, and it records the
+    preprocessing contract in its runtime info. Weights are FP16-compressed; this CPU has no
+    native fp16, so the IR runs in f32 (`tasks.detection.runtime` sets the precision hint).
     """
+    input_size = preprocessing.input_size
     import openvino as ov
     import torch
 
@@ -55,6 +58,7 @@ def export_ir(model, out_dir: Path, input_size: int) -> ExportResult:
         ov_model = ov.convert_model(wrapper, example_input=example, input=[(-1, 3, input_size, input_size)])
     for output, output_name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
         output.get_tensor().set_names({output_name})
+    preprocessing.write_to(ov_model)
     out_dir.mkdir(parents=True, exist_ok=True)
     xml_path = ir_path(out_dir, "fp16")
     ov.save_model(ov_model, xml_path, compress_to_fp16=True)
@@ -67,7 +71,7 @@ def ensure_fp16_ir(config: DetectorConfig, models_dir: Path) -> Path:
     """The FP16 IR of `config`'s checkpoint, exported once into `<models_dir>/<key>/`.
 
     The key is the checkpoint's sha256 and the detector settings the IR bakes in
-    (architecture, classes, input size): every run and ablation cell on the same detector
+    (architecture, classes, input size, resize): every run and ablation cell on the same detector
     reuses it, and changing any of those exports anew. Raises DetectorError when the
     checkpoint is missing or does not fit the architecture.
     """
@@ -77,9 +81,9 @@ def ensure_fp16_ir(config: DetectorConfig, models_dir: Path) -> Path:
     digest = hashlib.sha256()
     with Path(config.checkpoint).open("rb") as handle:
         digest.update(hashlib.file_digest(handle, "sha256").digest())
-    digest.update(f"{config.architecture}:{config.num_classes}:{config.input_size}".encode())
+    digest.update(f"{config.architecture}:{config.num_classes}:{config.input_size}:{config.resize}".encode())
     out_dir = models_dir / digest.hexdigest()[:12]
     xml_path = ir_path(out_dir, "fp16")
     if not xml_path.exists():
-        export_ir(model, out_dir, config.input_size)
+        export_ir(model, out_dir, Preprocessing(config.input_size, config.resize))
     return xml_path

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
-from tasks.detection.preprocess import preprocess
+from tasks.detection.preprocess import Placement, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +28,31 @@ class Speed:
     throughput_ips: float
 
 
-def compile_ir(ir_path: Path, hint: str = "LATENCY", threads: int | None = None):
-    """A compiled CPU model with the f32 precision hint and the given performance hint."""
+@dataclass(frozen=True)
+class CompiledDetector:
+    """A compiled IR and the preprocessing contract it was exported with."""
+
+    compiled: object  # openvino.CompiledModel
+    preprocessing: Preprocessing
+
+
+def load_detector(ir_path: Path, hint: str = "LATENCY", threads: int | None = None) -> CompiledDetector:
+    """The IR compiled for the CPU (f32 precision hint, the given performance hint), with its contract."""
     import openvino as ov
 
+    core = ov.Core()
+    model = core.read_model(str(ir_path))
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(str(ir_path), "CPU", config)
+    return CompiledDetector(core.compile_model(model, "CPU", config), Preprocessing.of_model(model))
+
+
+def preprocessing_of(ir_path: Path) -> Preprocessing:
+    """The preprocessing contract an IR records (see `Preprocessing.of_model`)."""
+    import openvino as ov
+
+    return Preprocessing.of_model(ov.Core().read_model(str(ir_path)))
 
 
 def raw_outputs(compiled, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,15 +62,26 @@ def raw_outputs(compiled, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 
 def detect(
-    compiled, images: list[np.ndarray], batch_size: int = 16, params: PostprocessParams = DEFAULT_PARAMS
+    compiled,
+    images: list[np.ndarray],
+    preprocessing: Preprocessing,
+    batch_size: int = 16,
+    params: PostprocessParams = DEFAULT_PARAMS,
 ) -> list[Detections]:
-    """uint8 RGB images (one size) → detections, via the shared pre/post-processing."""
+    """uint8 RGB images of any sizes → detections in each image's own pixels, via the shared
+    pre/post-processing. `compiled` is a compiled IR (NNCF hands its own to validation)."""
     detections: list[Detections] = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        cls_logits, regression, ctrness = raw_outputs(compiled, preprocess(chunk))
-        detections.extend(decode_batch(cls_logits, regression, ctrness, chunk[0].shape[0], params))
+        batch, placements = preprocessing.batch(images[start : start + batch_size])
+        cls_logits, regression, ctrness = raw_outputs(compiled, batch)
+        decoded = decode_batch(cls_logits, regression, ctrness, preprocessing.input_size, params)
+        detections.extend(to_original(found, placement) for found, placement in zip(decoded, placements, strict=True))
     return detections
+
+
+def to_original(detections: Detections, placement: Placement) -> Detections:
+    """Detections in input pixels → the original image's pixels."""
+    return Detections(placement.to_original(detections.boxes), detections.scores, detections.labels)
 
 
 def measure_speed(ir_path: Path, image: np.ndarray, iterations: int = 50, parallel_images: int = 64) -> Speed:
@@ -71,20 +99,21 @@ def compare_speed(
     """
     import openvino as ov
 
-    sample = preprocess([image])
     runners = {}
     for path in ir_paths:
-        request = compile_ir(path, "LATENCY").create_infer_request()
-        queue = ov.AsyncInferQueue(compile_ir(path, "THROUGHPUT"))
+        detector = load_detector(path, "LATENCY")
+        sample = detector.preprocessing.batch([image])[0]
+        request = detector.compiled.create_infer_request()
+        queue = ov.AsyncInferQueue(load_detector(path, "THROUGHPUT").compiled)
         for _ in range(5):
             request.infer(sample)
         for _ in range(len(queue)):
             queue.start_async(sample)
         queue.wait_all()
-        runners[path] = (request, queue)
+        runners[path] = (request, queue, sample)
     best = {path: Speed(latency_ms=float("inf"), throughput_ips=0.0) for path in ir_paths}
     for _ in range(rounds):
-        for path, (request, queue) in runners.items():
+        for path, (request, queue, sample) in runners.items():
             timings = []
             for _ in range(iterations):
                 started = time.perf_counter()

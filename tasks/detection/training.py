@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +19,26 @@ import numpy as np
 import torch
 from torchvision.models.detection import FCOS
 
-from tasks.detection.preprocess import decode_image
+from tasks.detection.labels import resolve_category_ids, split_categories
+from tasks.detection.preprocess import Preprocessing, decode_image
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LabelledSplit:
-    """A COCO split held in memory: uint8 images [N, H, W, 3], xyxy boxes and 0-based labels per image."""
+    """A COCO split held in memory: uint8 images [N, H, W, 3], xyxy boxes and 0-based labels per image.
+
+    Label i is COCO category `category_ids[i]` (`tasks.detection.labels`): evaluate the
+    trained model with the same mapping.
+    """
 
     images: np.ndarray
     boxes: list[np.ndarray]
     labels: list[np.ndarray]
     image_ids: list[int]
     conditions: list[str]
+    category_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,32 @@ class TrainResult:
     final_loss: float
 
 
-def load_split(coco_dir: Path, limit: int | None = None) -> LabelledSplit:
-    """Read `annotations.json` + `images/` into memory (8,000 192-px frames ≈ 0.9 GB)."""
-    coco = json.loads((coco_dir / "annotations.json").read_text())
+def load_split(
+    coco_dir: Path,
+    preprocessing: Preprocessing,
+    limit: int | None = None,
+    *,
+    num_classes: int | None = None,
+    label_map: Sequence[int] | None = None,
+) -> LabelledSplit:
+    """Read `annotations.json` + `images/` into memory, each image fit to the detector's input
+    and its boxes moved with it (8,000 192-px frames ≈ 0.9 GB).
+
+    An annotation of category c gets label `category_ids.index(c)`, the mapping evaluation
+    uses: `label_map` when given, else the split's category ids sorted ascending. With the
+    detector's `num_classes`, a split with another number of categories is refused
+    (CategoryMapError naming the file and the ids found).
+    """
+    annotations = coco_dir / "annotations.json"
+    coco = json.loads(annotations.read_text())
+    category_ids = resolve_category_ids(
+        list(split_categories(coco, annotations)),
+        annotations,
+        num_classes=num_classes,
+        label_map=label_map,
+        setting="label_map",
+    )
+    label_of = {category_id: label for label, category_id in enumerate(category_ids)}
     records = coco["images"][:limit] if limit else coco["images"]
     by_image: dict[int, list[dict]] = {r["id"]: [] for r in records}
     for ann in coco["annotations"]:
@@ -71,17 +100,19 @@ def load_split(coco_dir: Path, limit: int | None = None) -> LabelledSplit:
             by_image[ann["image_id"]].append(ann)
     images, boxes, labels = [], [], []
     for record in records:
-        images.append(decode_image((coco_dir / "images" / record["file_name"]).read_bytes()))
+        image, placement = preprocessing.fit(decode_image((coco_dir / "images" / record["file_name"]).read_bytes()))
+        images.append(image)
         anns = by_image[record["id"]]
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-        boxes.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
-        labels.append(np.asarray([a["category_id"] - 1 for a in anns], np.int64))
+        boxes.append(placement.to_input(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)))
+        labels.append(np.asarray([label_of[a["category_id"]] for a in anns], np.int64))
     return LabelledSplit(
         images=np.stack(images),
         boxes=boxes,
         labels=labels,
         image_ids=[r["id"] for r in records],
         conditions=[r.get("condition", "unknown") for r in records],
+        category_ids=category_ids,
     )
 
 

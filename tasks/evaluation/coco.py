@@ -9,8 +9,12 @@ import contextlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from tasks.detection.labels import CategoryMapError, split_categories
 from tasks.detection.postprocess import Detections
 
 logger = logging.getLogger(__name__)
@@ -27,24 +31,46 @@ class MapResult:
     per_condition_map50: dict[str, float]
 
 
-def coco_map(coco: dict, detections: dict[int, Detections], breakdown: bool = True) -> MapResult:
-    """Score detections (keyed by COCO image id; labels 0-based = category_id − 1) against `coco`.
+def coco_map(
+    coco: dict, detections: dict[int, Detections], category_ids: Sequence[int], breakdown: bool = True
+) -> MapResult:
+    """Score detections (keyed by COCO image id) against `coco`; detector label i is category `category_ids[i]`.
 
-    `breakdown=False` skips the per-condition runs (one COCOeval each), for validation loops.
+    `category_ids` is the split's label mapping (`EvalSplit.category_ids`). Per-class AP is
+    keyed by category name, whatever the ids or their order in the JSON. Raises
+    CategoryMapError when the mapping names a category `coco` lacks or a detection's label
+    has no category. `breakdown=False` skips the per-condition runs (one COCOeval each), for
+    validation loops.
     """
-    categories = {c["id"]: c["name"] for c in coco["categories"]}
-    results = [
-        {
-            "image_id": image_id,
-            "category_id": int(label) + 1,
-            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-            "score": float(score),
-        }
-        for image_id, det in detections.items()
-        for (x0, y0, x1, y1), score, label in zip(det.boxes, det.scores, det.labels, strict=True)
-    ]
+    categories = split_categories(coco, "the COCO ground truth")
+    mapping = [int(c) for c in category_ids]
+    if unknown := [c for c in mapping if c not in categories]:
+        raise CategoryMapError(
+            f"label mapping {mapping} names category ids {unknown} that the COCO ground truth lacks "
+            f"(ids found: {sorted(categories)}): load the split with load_eval_split and pass its category_ids"
+        )
+    if len(set(mapping)) != len(mapping):
+        raise CategoryMapError(f"label mapping {mapping} gives one category to several labels: each needs its own")
+    results = []
+    for image_id, det in detections.items():
+        labels = np.asarray(det.labels).astype(np.int64, copy=False)
+        if (stray := labels[(labels < 0) | (labels >= len(mapping))]).size:
+            raise CategoryMapError(
+                f"detections on image {image_id} carry labels {sorted(set(stray.tolist()))}, but the label mapping "
+                f"{mapping} covers labels 0–{len(mapping) - 1}: the detector's classes (detector.num_classes) and "
+                "the eval split's categories disagree"
+            )
+        results += [
+            {
+                "image_id": image_id,
+                "category_id": mapping[label],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "score": float(score),
+            }
+            for (x0, y0, x1, y1), score, label in zip(det.boxes, det.scores, labels.tolist(), strict=True)
+        ]
     overall = _run_cocoeval(coco, results, image_ids=None)
-    per_class = {name: _class_ap(overall, list(categories).index(cat_id)) for cat_id, name in categories.items()}
+    per_class = {name: _class_ap(overall, cat_id) for cat_id, name in categories.items()}
     conditions = sorted({img.get("condition", "unknown") for img in coco["images"]}) if breakdown else []
     per_condition, per_condition50 = {}, {}
     for condition in conditions:
@@ -83,9 +109,11 @@ def _summary(evaluator) -> tuple[float, float]:
     return max(float(stats[0]), 0.0), max(float(stats[1]), 0.0)
 
 
-def _class_ap(evaluator, k: int) -> float:
+def _class_ap(evaluator, category_id: int) -> float:
     if evaluator is None:
         return 0.0
+    # The class axis follows the evaluator's own category order (sorted ids), not the JSON's.
+    k = evaluator.params.catIds.index(category_id)
     precision = evaluator.eval["precision"][:, :, k, 0, -1]  # [IoU, recall, class, area=all, maxDets=100]
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else float("nan")

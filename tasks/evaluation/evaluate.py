@@ -17,7 +17,7 @@ import numpy as np
 
 from tasks.config import EvaluationConfig
 from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
-from tasks.detection.preprocess import preprocess
+from tasks.detection.preprocess import Preprocessing
 from tasks.evaluation.coco import coco_map
 from tasks.evaluation.split import EvalSplit
 
@@ -51,7 +51,7 @@ class EvalResult:
 
 
 def _result(split: EvalSplit, detections: list[Detections], **speed) -> EvalResult:
-    scored = coco_map(split.coco, dict(zip(split.image_ids, detections, strict=True)))
+    scored = coco_map(split.coco, dict(zip(split.image_ids, detections, strict=True)), split.category_ids)
     return EvalResult(
         map=scored.map,
         map50=scored.map50,
@@ -68,7 +68,8 @@ def evaluate_ir(ir_path: Path, split: EvalSplit, config: EvaluationConfig, measu
     throughput over `config.latency_iterations`."""
     from tasks.detection import runtime
 
-    detections = runtime.detect(runtime.compile_ir(ir_path), split.images)
+    detector = runtime.load_detector(ir_path)
+    detections = runtime.detect(detector.compiled, split.images, detector.preprocessing)
     speed = {}
     if measure_speed:
         measured = runtime.measure_speed(ir_path, split.images[0], iterations=config.latency_iterations)
@@ -79,13 +80,14 @@ def evaluate_ir(ir_path: Path, split: EvalSplit, config: EvaluationConfig, measu
 
 
 def evaluate_ir_cached(ir_path: Path, split: EvalSplit, config: EvaluationConfig) -> EvalResult:
-    """`evaluate_ir`'s accuracy (no speed), remembered beside the IR per split (by annotations digest).
+    """`evaluate_ir`'s accuracy (no speed), remembered beside the IR per split (`EvalSplit.cache_key`:
+    annotations digest and label mapping).
 
     For the FP16 IR, which every run and ablation cell on the same checkpoint shares. Speed
     is never cached: a figure measured in another run, under another load, would make any
     ratio with this run's INT8 speed meaningless (see `measure_speeds`).
     """
-    cached = ir_path.parent / f"map-{split.directory.name}-{split.digest}.json"
+    cached = ir_path.parent / f"map-{split.cache_key}.json"
     if cached.exists():
         return EvalResult(**json.loads(cached.read_text()))
     result = evaluate_ir(ir_path, split, config, measure_speed=False)
@@ -107,42 +109,50 @@ def with_speed(result: EvalResult, speed: Speed) -> EvalResult:
     return replace(result, latency_ms=speed.latency_ms, throughput_ips=speed.throughput_ips)
 
 
-def map_validation_fn(split: EvalSplit) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
+def map_validation_fn(
+    split: EvalSplit, preprocessing: Preprocessing
+) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
     """mAP@[.5:.95] of a compiled IR on whichever (image id, image) items it is given: NNCF's validation_fn."""
     from tasks.detection.runtime import detect
 
-    coco = split.coco
+    coco, category_ids = split.coco, split.category_ids
 
     def validate(compiled_model, items: list[tuple[int, np.ndarray]]) -> float:
         ids = [image_id for image_id, _ in items]
-        detections = detect(compiled_model, [image for _, image in items])
+        detections = detect(compiled_model, [image for _, image in items], preprocessing)
         wanted = set(ids)
         subset = dict(coco)
         subset["images"] = [img for img in coco["images"] if img["id"] in wanted]
         subset["annotations"] = [a for a in coco["annotations"] if a["image_id"] in wanted]
-        return coco_map(subset, dict(zip(ids, detections, strict=True)), breakdown=False).map
+        return coco_map(subset, dict(zip(ids, detections, strict=True)), category_ids, breakdown=False).map
 
     return validate
 
 
 def torch_detect(
-    model, images: list[np.ndarray], batch_size: int = 32, params: PostprocessParams = DEFAULT_PARAMS
+    model,
+    images: list[np.ndarray],
+    preprocessing: Preprocessing,
+    batch_size: int = 32,
+    params: PostprocessParams = DEFAULT_PARAMS,
 ) -> list[Detections]:
-    """PyTorch backbone + head, then the same decoder as the IRs."""
+    """PyTorch backbone + head, then the same pre/post-processing as the IRs."""
     import torch
 
     from tasks.detection.model import RawHeadModel
+    from tasks.detection.runtime import to_original
 
     wrapper = RawHeadModel(model).eval()
     detections: list[Detections] = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            outputs = wrapper(torch.from_numpy(preprocess(chunk)))
-            detections.extend(decode_batch(*(o.numpy() for o in outputs), chunk[0].shape[0], params))
+            batch, placements = preprocessing.batch(images[start : start + batch_size])
+            outputs = wrapper(torch.from_numpy(batch))
+            decoded = decode_batch(*(o.numpy() for o in outputs), preprocessing.input_size, params)
+            detections.extend(to_original(d, p) for d, p in zip(decoded, placements, strict=True))
     return detections
 
 
-def evaluate_torch(model, split: EvalSplit) -> EvalResult:
+def evaluate_torch(model, split: EvalSplit, preprocessing: Preprocessing) -> EvalResult:
     """mAP of the PyTorch model (no speed: the IRs are what ships)."""
-    return _result(split, torch_detect(model, split.images))
+    return _result(split, torch_detect(model, split.images, preprocessing))

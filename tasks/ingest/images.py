@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from tasks.imaging import oriented_size
+
 # Every bomb rejection starts with this, whether our limit or Pillow's own
 # (Image.MAX_IMAGE_PIXELS, checked inside Image.open) caught it.
 _BOMB = "decompression bomb guard"
@@ -14,7 +16,7 @@ _BOMB = "decompression bomb guard"
 
 @dataclass(frozen=True, slots=True)
 class ImageCheck:
-    """Outcome of validating one image: its size, or why it was rejected."""
+    """Outcome of validating one image: its size as shown (after EXIF orientation), or why it was rejected."""
 
     width: int = 0
     height: int = 0
@@ -31,9 +33,9 @@ def check_image(data: bytes, max_pixels: int) -> ImageCheck:
         return ImageCheck(error="empty object (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                return ImageCheck(error=_bomb(width, height, max_pixels))
+            if image.size[0] * image.size[1] > max_pixels:
+                return ImageCheck(error=_bomb(*image.size, max_pixels))
+            width, height = oriented_size(image)  # as shown: a sideways-stored portrait is tall
             # JPEG can decode at 1/8 scale: every entropy-coded byte is still read, so a
             # truncated or corrupt stream still fails, at a fraction of the IDCT cost.
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))

@@ -3,24 +3,27 @@
 One request per image: system + user text and the image as a JPEG data URI, downsized to
 `max_image_side` to bound image tokens; `response_format` carries the template's JSON
 schema. Replies are parsed strictly: anything that is not a JSON object with a finite
-`difficulty` in [0, 1] and a list of string `factors` is a `ReplyError`.
+`difficulty` in [0, 1] and a list of string `factors` is a `ReplyError`. Two framings are
+tolerated because they change no character of the object (see `parse_reply`): one code
+fence around the whole reply, and whitespace around the object. A reply that cannot
+succeed when asked again (cut at the length limit, a refusal) is a `ReplyError` with
+`retryable=False`, so it is not paid for twice.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
-from PIL import Image
-
 from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
+from tasks.imaging import for_the_wire
 from tasks.scoring.offline_litellm import RetryPolicy, Router, litellm
 from tasks.scoring.prompts import PromptTemplate
 
@@ -34,7 +37,15 @@ INPUT_SAFETY = 1.5  # providers count image tokens differently; reserve generous
 
 
 class ReplyError(ValueError):
-    """The model answered, but not with the JSON the schema asks for."""
+    """The model answered, but not with the JSON the schema asks for.
+
+    `retryable` is False when asking again cannot help: the same request is cut at the same
+    length limit, and a refusal is the model's answer to this image and prompt.
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -56,24 +67,42 @@ class PreparedImage:
 
 
 def prepare_image(image_bytes: bytes, max_side: int) -> PreparedImage:
-    """Downsize (never upsize) to `max_side` and re-encode as a JPEG data URI."""
-    image = Image.open(io.BytesIO(image_bytes))
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=90)
-        image_bytes = buffer.getvalue()
-    encoded = base64.b64encode(image_bytes).decode()
-    return PreparedImage(f"data:image/jpeg;base64,{encoded}", image.width, image.height)
+    """The image as a data URI whose media type matches its bytes: the upright picture every
+    stage sees, downsized (never upsized) to `max_side` (`tasks.imaging.for_the_wire`)."""
+    wire = for_the_wire(image_bytes, max_side)
+    encoded = base64.b64encode(wire.data).decode()
+    return PreparedImage(f"data:{wire.media_type};base64,{encoded}", wire.width, wire.height)
+
+
+# One code fence around the whole reply: ```json … ``` or ``` … ``` (the tag in any case).
+_FENCE = re.compile(r"\A\s*```(?:json)?\s*(?P<body>.*?)\s*```\s*\Z", re.DOTALL | re.IGNORECASE)
 
 
 def parse_reply(content: str | None) -> tuple[float, tuple[str, ...]]:
-    """Strictly parse `{"difficulty": 0..1, "factors": [str]}`."""
-    if not content:
+    """Strictly parse `{"difficulty": 0..1, "factors": [str]}`.
+
+    Accepted framings, each safe because it alters no character of the object, so the
+    number kept is exactly the one the model wrote:
+    - one code fence around the whole reply (models add it even under `response_format`):
+      the fence is markdown presentation; its body goes through the same strict parse, and
+      text outside the fence or a second fence is refused (which part was meant is a guess);
+    - whitespace around the object (JSON's own insignificant whitespace; `json.loads`).
+    Everything else is refused, not repaired: prose, a JSON value followed by other text,
+    single quotes, trailing commas, NaN, a repeated key (which value counts is a guess).
+    """
+    if not content or not content.strip():
         raise ReplyError("empty reply")
+    text = content
+    fenced = _FENCE.match(content)
+    if fenced and "```" not in fenced["body"]:
+        text = fenced["body"]
     try:
-        data = json.loads(content)
+        data = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            raise ReplyError(
+                f"not JSON: a JSON value followed by other text at char {exc.pos}: {text[exc.pos : exc.pos + 60]!r}"
+            ) from None
         raise ReplyError(f"not JSON ({exc.msg} at char {exc.pos}): {content[:60]!r}") from None
     if not isinstance(data, dict):
         raise ReplyError(f"JSON is a {type(data).__name__}, not an object")
@@ -88,6 +117,63 @@ def parse_reply(content: str | None) -> tuple[float, tuple[str, ...]]:
     return float(difficulty), tuple(factors)
 
 
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        # json.loads would keep the last value silently: a number that is wrong without an error
+        raise ReplyError(f"repeated key {repeated[0]!r} in the JSON object")
+    return dict(pairs)
+
+
+def reply_problem(problem: ReplyError, finish_reason: str | None, refusal: str | None, max_tokens: int) -> ReplyError:
+    """Why a reply that did not parse (`problem`) failed: the model's refusal or the length
+    limit when the provider says so (neither is retryable: asking again cannot help)."""
+    if refusal and refusal.strip():
+        return ReplyError(f"model refused: {_quote(refusal)}", retryable=False)
+    if finish_reason == "length":
+        return ReplyError(
+            f"reply cut at the length limit ({max_tokens} output tokens) before the JSON was complete: "
+            "raise gateway.models[].max_output_tokens for this model",
+            retryable=False,
+        )
+    if finish_reason == "content_filter":
+        return ReplyError("the provider's content filter stopped the reply", retryable=False)
+    return problem
+
+
+def _quote(text: str, limit: int = 160) -> str:
+    """Model text for a reason: one line, trimmed."""
+    line = " ".join(text.split())
+    return repr(line if len(line) <= limit else line[: limit - 1] + "…")
+
+
+# A gateway's error text may echo what it was sent. These never reach a reason or a log:
+_DATA_URI = re.compile(r"data:[\w/+.-]*;base64,[A-Za-z0-9+/=]*")
+_BEARER = re.compile(r"(?i)\bbearer\s+\S+")
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{6,}")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")  # base64 payloads, long tokens
+_LITELLM_PREFIX = re.compile(r"\Alitellm\.\w+:\s*(?:\w+Exception\s*-\s*)?")
+SERVER_MESSAGE_CHARS = 300
+
+
+def server_message(exc: BaseException) -> str | None:
+    """The gateway's own error message: an OpenAI-style body's `error.message` (and its
+    `param`), else the first line litellm kept of the response. Unredacted: see `redact`."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        message = error.get("message")
+        if isinstance(message, str) and message.strip():
+            param = error.get("param")
+            return f"{message.strip()} (param {param})" if isinstance(param, str) and param not in message else message
+    text = getattr(exc, "message", None)
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = _LITELLM_PREFIX.sub("", text.strip()).split("\n", 1)[0].strip()
+    return text or None
+
+
 class GatewayClient:
     """Scores one prepared image with a named model through the gateway."""
 
@@ -95,6 +181,8 @@ class GatewayClient:
         self._config = config
         self._template = template
         self._prices = {m.name: m for m in config.models}
+        self.api_base = api_base
+        self._secrets = tuple(s for s in (api_key,) if s)
         litellm.register_model({_litellm_name(m.name): _price_entry(m) for m in config.models})
         self._router = Router(
             model_list=[
@@ -139,6 +227,18 @@ class GatewayClient:
             for price in chain
         )
 
+    def redact(self, text: str) -> str:
+        """`text` without the virtual key, bearer tokens, key-like strings or image payloads, and
+        trimmed: what may go into a failure reason or a log line."""
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        text = _DATA_URI.sub("data:…(image omitted)", text)
+        text = _BEARER.sub("Bearer ****", text)
+        text = _KEY_LIKE.sub("****", text)
+        text = _LONG_TOKEN.sub("…(omitted)", text)
+        text = " ".join(text.split())
+        return text if len(text) <= SERVER_MESSAGE_CHARS else text[: SERVER_MESSAGE_CHARS - 1] + "…"
+
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         price = self._prices[model]
         return (input_tokens * price.input_eur_per_mtok + output_tokens * price.output_eur_per_mtok) / 1e6
@@ -172,19 +272,33 @@ class GatewayClient:
         input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = self.cost(served_by, input_tokens, output_tokens)
-        content = response.choices[0].message.content
+        choice = response.choices[0]
+        message = choice.message
+        content = message.content
         try:
+            # A complete, valid object is kept even when finish_reason is "length": the cut fell
+            # after it (trailing whitespace), so no part of the number was lost.
             difficulty, factors = parse_reply(content)
         except ReplyError as exc:
-            raise PaidReplyError(str(exc), cost, served_by) from None
+            # litellm keeps OpenAI's `refusal` among the provider-specific fields
+            refusal = getattr(message, "refusal", None) or (
+                (getattr(message, "provider_specific_fields", None) or {}).get("refusal")
+            )
+            problem = reply_problem(
+                exc,
+                getattr(choice, "finish_reason", None),
+                refusal if isinstance(refusal, str) else None,
+                self._prices[model].max_output_tokens,
+            )
+            raise PaidReplyError(str(problem), cost, served_by, problem.retryable) from None
         return Reply(difficulty, factors, served_by, input_tokens, output_tokens, cost, latency)
 
 
 class PaidReplyError(ReplyError):
     """A reply that failed parsing still cost money: carry the cost so it is settled."""
 
-    def __init__(self, message: str, cost_eur: float, model: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, cost_eur: float, model: str, retryable: bool = True) -> None:
+        super().__init__(message, retryable)
         self.cost_eur = cost_eur
         self.model = model
 

@@ -4,7 +4,10 @@ A shard of candidates is scored for every pass inside one event loop. Within a s
 near-duplicates are scored leaders-first: the first frame of each near-duplicate group is
 sent, the rest wait and then hit the cache, so a burst is paid once, not once per frame.
 Every candidate ends as `scored`, `cached`, `failed` (with the reason) or `unscored`
-(budget exhausted under `cached_only`).
+(budget exhausted under `cached_only`). When `gateway.max_identical_errors` identical
+non-retryable failures arrive in a row (a scored call resets the count), every shard of the
+process stops sending and raises `GatewayError` naming the failure: calls already in flight
+finish, settle and are cached first.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -25,10 +29,10 @@ import openai
 import redis
 
 from tasks.config import GatewayConfig, ScoringSetup
-from tasks.errors import ServiceError
+from tasks.errors import GatewayError, ServiceError
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
-from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image
+from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image, server_message
 from tasks.scoring.metrics import AttemptLogger, ScoringMetrics
 from tasks.scoring.offline_litellm import litellm
 from tasks.scoring.prompts import PromptTemplate, lock_template
@@ -37,6 +41,11 @@ from tasks.scoring.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, then recorded
+# (a reply that cannot succeed when asked again, cut at the length limit or a refusal, is not)
+# Once max_identical_errors stops a gateway, every call to it is refused until none has
+# arrived for this long: Prefect's task retries (5 s apart) and the shards still queued end
+# at once without sending, and a run started later begins with a fresh count.
+STOP_HOLD_S = 60.0
 RESERVE_WAIT_S = 0.05
 # A Redis restart (or failover) shorter than this is ridden out; a longer outage stops the
 # shard with a ServiceError. Work already paid is settled, cached and in the shard logs.
@@ -141,6 +150,8 @@ class _BackgroundLoop:
         self.loop = asyncio.new_event_loop()
         # (gateway url, concurrency) → the process's bound on calls in flight to that gateway
         self.call_slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        # (gateway endpoint, models) → identical non-retryable failures in a row, across shards
+        self.error_streaks: dict[tuple[str, tuple[str, ...]], _ErrorStreak] = {}
         threading.Thread(target=self.loop.run_forever, name="tailcal-scoring-loop", daemon=True).start()
 
     def run(self, coroutine):
@@ -190,7 +201,12 @@ async def _score_shard_async(session: ScoringSession, candidates: Sequence[Scora
                     by_index[index] = ScoreRecord(
                         candidates[index].id, pass_index, "cached", hit.difficulty, hit.factors, hit.model
                     )
-            results = await asyncio.gather(*(call(i, pass_index) for i in misses))
+            # Every call of the group ends (in flight: settled and cached) before a stop
+            # (GatewayError) or an outage (ServiceError) leaves the shard.
+            results = await asyncio.gather(*(call(i, pass_index) for i in misses), return_exceptions=True)
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                raise failure
             by_index.update(zip(misses, results, strict=True))
         records.extend(by_index[i] for i in range(len(candidates)))
     return records
@@ -205,6 +221,53 @@ def _call_slots(gateway: GatewayConfig) -> asyncio.Semaphore:
     if key not in slots:
         slots[key] = asyncio.Semaphore(gateway.concurrency)
     return slots[key]
+
+
+@dataclass
+class _ErrorStreak:
+    """Identical non-retryable failures in a row from one gateway, counted across every shard of
+    the process (all run on the background loop, so no lock), and the stop they lead to."""
+
+    counts: Counter = field(default_factory=Counter)
+    stop: str | None = None  # the GatewayError message once the limit was reached
+    refused_at: float = 0.0  # when the stop last refused a call (monotonic)
+
+    def check(self) -> None:
+        """Before a call is paid for: raise the stop's GatewayError while it holds."""
+        if self.stop is None:
+            return
+        now = time.monotonic()
+        if now - self.refused_at > STOP_HOLD_S:
+            self.stop, self.counts = None, Counter()
+            return
+        self.refused_at = now
+        raise GatewayError(self.stop)
+
+    def scored(self) -> None:
+        if self.stop is None:
+            self.counts.clear()
+
+    def failed(self, reason: str, limit: int, fix: str) -> None:
+        """Count a non-retryable failure; raise GatewayError once `limit` identical ones came in a row."""
+        self.counts[reason] += 1
+        if self.stop is None and self.counts[reason] >= limit:
+            self.stop = (
+                f"scoring stopped after {limit} identical non-retryable failures in a row, and nothing more "
+                f"is sent: {reason.rstrip('.')}. {fix} Then rerun: what was scored is cached and is not paid again. If "
+                f"failures like this are expected, raise gateway.max_identical_errors (now {limit})."
+            )
+            self.refused_at = time.monotonic()
+            log.error("%s", self.stop)
+        if self.stop is not None:
+            raise GatewayError(self.stop)
+
+
+def _error_streak(session: ScoringSession) -> _ErrorStreak:
+    streaks = _background_loop().error_streaks
+    key = (session.gateway.api_base, tuple(m.name for m in session.setup.gateway.models))
+    if key not in streaks:
+        streaks[key] = _ErrorStreak()
+    return streaks[key]
 
 
 def _lookup(
@@ -267,7 +330,10 @@ async def _call(
     models = session.models_in_order()
     model_index = 0
     attempts = 0
+    streak = _error_streak(session)
+    limit = session.setup.gateway.max_identical_errors
     while attempts < REPLY_ATTEMPTS:
+        streak.check()  # a stopped gateway is sent nothing more
         model = models[model_index]
         worst = session.gateway.worst_case_cost(model, image)
         token = uuid.uuid4().hex  # names this attempt's reservation and settlement, retries included
@@ -292,10 +358,19 @@ async def _call(
             paid_invalid_eur += exc.cost_eur
             reason = f"invalid reply: {exc}"
             log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, attempts)
-            continue
+            if exc.retryable:
+                continue
+            session.metrics.requests.labels(model=exc.model, outcome="failed").inc()
+            streak.failed(reason, limit, _fix_for(None))
+            return ScoreRecord(
+                candidate_id, pass_index, "failed", None, model=exc.model, cost_eur=paid_invalid_eur, reason=reason
+            )
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
             await _settle(session, token, worst, 0.0, model)
             session.metrics.requests.labels(model=model, outcome="failed").inc()
+            reason = _describe(exc, session.gateway.redact)
+            if not _retryable(exc):
+                streak.failed(reason, limit, _fix_for(exc, session.setup.gateway.key_env))
             return ScoreRecord(
                 candidate_id,
                 pass_index,
@@ -303,8 +378,9 @@ async def _call(
                 None,
                 model=model,
                 cost_eur=paid_invalid_eur,
-                reason=_describe(exc),
+                reason=reason,
             )
+        streak.scored()
         await _settle(session, token, worst, reply.cost_eur, reply.model)
         session.metrics.latency.labels(model=reply.model).observe(reply.latency_s)
         cache = session.caches[(reply.model, pass_index)]
@@ -392,8 +468,37 @@ async def _post_alert(session: ScoringSession, spent_eur: float) -> None:
         log.warning("budget alert webhook failed (%s); the alert is still logged and counted", exc)
 
 
-def _describe(exc: Exception) -> str:
-    """A failure reason without request payloads or keys."""
+def _describe(exc: Exception, redact: Callable[[str], str]) -> str:
+    """A failure reason: the error's kind, HTTP status and the gateway's own message, passed
+    through `redact` (`GatewayClient.redact`) so no key or request payload is kept."""
     status = getattr(exc, "status_code", None)
     kind = type(exc).__name__
-    return f"{kind} (HTTP {status})" if status else kind
+    head = f"{kind} (HTTP {status})" if status else kind
+    if isinstance(exc, openai.APITimeoutError | TimeoutError | httpx.TimeoutException):
+        return f"{head}: no reply within gateway.timeout_s, retries included"
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):  # no server message: say so plainly
+        return f"{head}: the gateway could not be reached"
+    message = server_message(exc)
+    return f"{head}: {redact(message)}" if message else head
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether sending the same request again could succeed: not for a 4xx other than timeout,
+    conflict or rate limit (the gateway judged the request itself, and would judge it the same)."""
+    status = getattr(exc, "status_code", None)
+    return not (isinstance(status, int) and 400 <= status < 500 and status not in {408, 409, 429})
+
+
+def _fix_for(exc: Exception | None, key_env: str = "") -> str:
+    """What to do about a failure that stopped the run (the reason names the cause)."""
+    status = getattr(exc, "status_code", None)
+    if exc is None:
+        return "The model gives this answer for every image: fix what the reason names (a setting, the prompt)."
+    if status in {401, 403}:
+        return f"The gateway refused the virtual key: check the key in the {key_env} environment variable."
+    if status == 404:
+        return "The gateway does not know the model or route: check gateway.url and gateway.models[].name."
+    return (
+        "The gateway rejected the request as sent: make what its message names acceptable to it (a model that "
+        "takes the parameter, a gateway setting)."
+    )

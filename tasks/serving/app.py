@@ -92,10 +92,8 @@ class Router:
             self.metrics.tier_latency_ms.labels(tier).set(ms)
 
     def serve(self, image: np.ndarray, priority: int | None, max_latency_ms: float | None) -> Served:
-        size = self.engines[self.tiers[0]].input_size
-        if image.shape[:2] != (size, size):
-            # A client error, not a tier failure: it must not trigger the fallback chain.
-            raise RequestError(422, f"image is {image.shape[1]}×{image.shape[0]}; the detector takes {size}×{size} px")
+        """Route and run one decoded image (any size: each tier fits it to its input, and the
+        boxes come back in the image's own pixels)."""
         started = time.perf_counter()
         difficulty = assess(image).difficulty
         estimates = self.latency.snapshot()

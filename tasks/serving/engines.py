@@ -20,7 +20,6 @@ import numpy as np
 from tasks.config import ServingConfig
 from tasks.detection.export import IR_STEMS, Tier, ir_path
 from tasks.detection.postprocess import Detections, decode_batch
-from tasks.detection.preprocess import preprocess
 from tasks.errors import TailcalError
 
 logger = logging.getLogger(__name__)
@@ -70,27 +69,30 @@ class OpenVinoEngine:
     """A compiled IR with `requests` infer requests shared by the service's worker threads."""
 
     def __init__(self, ir_path: Path, requests: int = 2, threads: int | None = None) -> None:
-        from tasks.detection.runtime import compile_ir
+        from tasks.detection.runtime import load_detector
 
         try:
-            self.compiled = compile_ir(ir_path, hint="LATENCY", threads=threads)
+            detector = load_detector(ir_path, hint="LATENCY", threads=threads)
         except RuntimeError as exc:
             raise ServingError(f"cannot compile {ir_path}: {exc}") from exc
-        self.input_size = int(self.compiled.inputs[0].get_partial_shape()[2].get_length())
+        self.compiled, self.preprocessing = detector.compiled, detector.preprocessing
+        self.input_size = self.preprocessing.input_size
         self._requests: queue.Queue = queue.Queue()
         for _ in range(requests):
             self._requests.put(self.compiled.create_infer_request())
 
     def infer(self, image: np.ndarray) -> Detections:
-        if image.shape[:2] != (self.input_size, self.input_size):
-            raise ValueError(f"image is {image.shape[1]}×{image.shape[0]}, the detector takes {self.input_size} px")
+        """uint8 RGB of any size → detections in its own pixels (the IR's preprocessing contract)."""
+        from tasks.detection.runtime import to_original
+
+        batch, (placement,) = self.preprocessing.batch([image])
         request = self._requests.get()
         try:
-            result = request.infer(preprocess([image]))
+            result = request.infer(batch)
             heads = [np.copy(result[output]) for output in self.compiled.outputs]
         finally:
             self._requests.put(request)
-        return decode_batch(*heads, self.input_size)[0]
+        return to_original(decode_batch(*heads, self.input_size)[0], placement)
 
 
 def load_engines(config: ServingConfig) -> dict[str, OpenVinoEngine]:

@@ -6,7 +6,9 @@ formula (exposure, contrast, blur, noise, clutter), adds seeded noise scaled by
 asks for, with realistic `usage` token counts. It lets the embedded default and the tests
 exercise the real gateway path (litellm over HTTP) offline, including faults: 429 with
 Retry-After, 500, hangs past the client timeout, malformed JSON, prose and out-of-range
-scores, each at a configured rate.
+scores, and the reply shapes real models produce (JSON in a code fence, JSON followed by
+prose, near-JSON, a reply cut at the length limit, a refusal) and a gateway that rejects
+the request with HTTP 400, each at a configured rate.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from tasks.loopback import LoopbackServer
 log = logging.getLogger(__name__)
 
 IMAGE_TILE = 512  # OpenAI-style vision accounting: 85 base tokens + 170 per 512-px tile
+BAD_REQUEST_MESSAGE = "Invalid parameter: 'response_format' must be one of 'json_object', 'text'."
+REFUSAL_TEXT = "I'm sorry, but I can't help with rating this image."
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,53 @@ class FaultPlan:
     malformed_json: float = 0.0
     prose: float = 0.0
     out_of_range: float = 0.0
+    # Reply shapes real models produce. Drawn after the faults above, so adding them left
+    # every existing plan's draws as they were.
+    fenced: float = 0.0  # the valid JSON inside a ```json … ``` code fence
+    trailing_prose: float = 0.0  # the valid JSON, then a sentence of prose
+    near_json: float = 0.0  # single quotes and a trailing comma: not JSON
+    length_cut: float = 0.0  # cut at the request's max_tokens: finish_reason "length"
+    refusal: float = 0.0  # no content; `message.refusal` holds REFUSAL_TEXT
+    bad_request: float = 0.0  # HTTP 400 with an OpenAI-style error body (param response_format)
     retry_after_s: int = 1
     hang_s: float = 30.0
     seed: int = 0
     failing_models: tuple[str, ...] = ()  # always answer 500, to exercise provider fallback
+    bad_request_message: str = BAD_REQUEST_MESSAGE
+    # A careless gateway's 400 that echoes the bearer key and the start of the image data URI,
+    # to prove neither reaches a failure reason or a log line.
+    echo_request_in_errors: bool = False
 
 
 @dataclass(frozen=True)
 class ScorerSettings:
     latency_s: float = 0.0
     faults: FaultPlan = field(default_factory=FaultPlan)
+    fixed_difficulty: float | None = None  # answer this score for every image (no formula, no noise)
+
+
+_OUTCOMES = (
+    "rate_limit",
+    "server_error",
+    "hang",
+    "malformed_json",
+    "prose",
+    "out_of_range",
+    "fenced",
+    "trailing_prose",
+    "near_json",
+    "length_cut",
+    "refusal",
+    "bad_request",
+)
+
+
+def _image_url(messages: list[dict]) -> str:
+    for message in messages:
+        for part in message.get("content") if isinstance(message.get("content"), list) else []:
+            if part.get("type") == "image_url":
+                return part["image_url"]["url"] if isinstance(part["image_url"], dict) else part["image_url"]
+    return ""
 
 
 def _image_from_messages(messages: list[dict]) -> tuple[bytes, str]:
@@ -76,15 +117,24 @@ def _image_from_messages(messages: list[dict]) -> tuple[bytes, str]:
     return image_bytes, "\n".join(text_parts)
 
 
-def _completion(model: str, content: str, prompt_tokens: int) -> dict:
-    completion_tokens = max(1, math.ceil(len(content) / 4))
+def _completion(
+    model: str,
+    content: str | None,
+    prompt_tokens: int,
+    finish_reason: str = "stop",
+    refusal: str | None = None,
+    completion_tokens: int | None = None,
+) -> dict:
+    if completion_tokens is None:
+        completion_tokens = max(1, math.ceil(len(content or refusal or "") / 4))
+    message = {"role": "assistant", "content": content} | ({"refusal": refusal} if refusal else {})
     return {
         "id": f"chatcmpl-ref-{time.time_ns()}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}},
+            {"index": 0, "finish_reason": finish_reason, "message": message},
         ],
         "usage": {
             "prompt_tokens": prompt_tokens,
@@ -136,11 +186,15 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
                 faults.malformed_json,
                 faults.prose,
                 faults.out_of_range,
+                faults.fenced,
+                faults.trailing_prose,
+                faults.near_json,
+                faults.length_cut,
+                faults.refusal,
+                faults.bad_request,
             ]
         )
-        outcome = ["rate_limit", "server_error", "hang", "malformed_json", "prose", "out_of_range", "ok"][
-            int(np.searchsorted(edges, roll, side="right"))
-        ]
+        outcome = [*_OUTCOMES, "ok"][int(np.searchsorted(edges, roll, side="right"))]
         if outcome == "rate_limit":
             stats["rate_limit"] += 1
             return JSONResponse(
@@ -154,6 +208,15 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
         if outcome == "hang":
             stats["hang"] += 1
             await asyncio.sleep(faults.hang_s)
+        if outcome == "bad_request":  # a provider checks the parameters before it looks at the image
+            stats["bad_request"] += 1
+            message = faults.bad_request_message
+            if faults.echo_request_in_errors:
+                key = request.headers.get("authorization", "").removeprefix("Bearer ")
+                url = _image_url(body.get("messages", []))
+                message = f"{message} (request from key {key} with image {url[:120]})"
+            error = {"message": message, "type": "invalid_request_error", "param": "response_format", "code": None}
+            return JSONResponse({"error": error}, status_code=400)
 
         image_bytes, text = _image_from_messages(body.get("messages", []))
         try:
@@ -169,19 +232,34 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
         digest = hashlib.sha256(image_bytes).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big") ^ (int(seed) * 0x9E3779B97F4A7C15 & (2**64 - 1)))
         difficulty = min(1.0, max(0.0, assessment.difficulty + rng.gauss(0.0, 0.06 * temperature)))
-        content = json.dumps({"difficulty": round(difficulty, 4), "factors": list(assessment.factors)})
+        if settings.fixed_difficulty is not None:
+            difficulty = settings.fixed_difficulty
+        content: str | None = json.dumps({"difficulty": round(difficulty, 4), "factors": list(assessment.factors)})
+        finish_reason, refusal, completion_tokens = "stop", None, None
         if outcome == "malformed_json":
             content = content[: len(content) // 2]
         elif outcome == "prose":
             content = f"This frame looks moderately hard; I would rate it about {difficulty:.2f}."
         elif outcome == "out_of_range":
             content = json.dumps({"difficulty": 1.0 + rng.random(), "factors": []})
+        elif outcome == "fenced":
+            content = f"```json\n{content}\n```"
+        elif outcome == "trailing_prose":
+            content = f"{content}\nThe frame is dark and slightly blurred."
+        elif outcome == "near_json":
+            content = f"{{'difficulty': {round(difficulty, 4)}, 'factors': {list(assessment.factors)!r},}}"
+        elif outcome == "length_cut":  # the model spent max_tokens before closing the object
+            content, finish_reason = content[: len(content) // 2], "length"
+            completion_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        elif outcome == "refusal":
+            content, refusal = None, REFUSAL_TEXT
         stats[outcome] += 1
         with lock:
             answered.append((digest.hex()[:16], int(seed)))
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
         prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
-        return _completion(body.get("model", "reference-vlm"), content, prompt_tokens)
+        model = body.get("model", "reference-vlm")
+        return _completion(model, content, prompt_tokens, finish_reason, refusal, completion_tokens)
 
     return app
 

@@ -8,6 +8,7 @@ import torch
 
 from tasks.config import DetectorConfig, SyntheticConfig
 from tasks.detection.model import build_detector
+from tasks.detection.preprocess import Preprocessing
 from tasks.detection.training import TrainSettings, _flip_batch, load_split, train
 from tasks.synth.write import write_labelled_split
 
@@ -29,7 +30,7 @@ def test_flips_move_boxes_with_the_pixels():
 
 def test_a_few_steps_run_and_loss_is_finite(tmp_path):
     write_labelled_split(SyntheticConfig(seed=11), "train", tmp_path, 6)
-    split = load_split(tmp_path)
+    split = load_split(tmp_path, Preprocessing(192))
     assert split.images.shape == (6, 192, 192, 3), "frames decoded into memory"
     model = build_detector(DetectorConfig(), load_checkpoint=False)
     result = train(model, split, TrainSettings(budget_s=1.5, batch_size=2, warmup_steps=1))

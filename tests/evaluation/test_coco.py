@@ -9,6 +9,7 @@ from tasks.evaluation.coco import coco_map
 pytestmark = pytest.mark.unit
 
 CLASSES = ["scratch", "dent", "crack", "contamination"]
+CATEGORY_IDS = (1, 2, 3, 4)  # label i → category id i + 1, the split's sorted ids
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _ground_truth_as_detections(coco, keep=lambda ann: True):
 
 def test_perfect_predictions_score_one_everywhere(coco):
     # given the ground truth fed back as detections, then every mAP is 1.0
-    result = coco_map(coco, _ground_truth_as_detections(coco))
+    result = coco_map(coco, _ground_truth_as_detections(coco), CATEGORY_IDS)
     assert result.map == pytest.approx(1.0), f"overall mAP {result.map}"
     assert result.map50 == pytest.approx(1.0), f"mAP@.5 {result.map50}"
     assert all(v == pytest.approx(1.0) for v in result.per_class.values()), f"per class {result.per_class}"
@@ -52,7 +53,7 @@ def test_perfect_predictions_score_one_everywhere(coco):
 
 
 def test_no_predictions_score_zero(coco):
-    result = coco_map(coco, {})
+    result = coco_map(coco, {}, CATEGORY_IDS)
     assert result.map == 0.0 and result.map50 == 0.0, f"empty predictions gave {result.map}, {result.map50}"
     assert all(v == 0.0 for v in result.per_condition.values()), f"{result.per_condition}"
 
@@ -60,7 +61,7 @@ def test_no_predictions_score_zero(coco):
 def test_missing_one_condition_shows_in_its_breakdown_only(coco):
     # given perfect detections except on the low_light image, then only low_light drops to 0
     detections = _ground_truth_as_detections(coco, keep=lambda ann: ann["image_id"] != 3)
-    result = coco_map(coco, detections)
+    result = coco_map(coco, detections, CATEGORY_IDS)
     assert result.per_condition["normal"] == pytest.approx(1.0), f"{result.per_condition}"
     assert result.per_condition["low_light"] == 0.0, f"{result.per_condition}"
     assert result.per_class["contamination"] == 0.0, f"{result.per_class}"

@@ -105,3 +105,31 @@ def test_a_missing_checkpoint_is_refused_before_the_pool_is_scored(tmp_path, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
     assert code == 2 and len(err) == 1 and "missing.pt does not exist" in err[0], err
     assert not (tmp_path / "data" / "score-logs").exists(), "no shard was scored (nothing paid)"
+
+
+def test_a_shard_that_failed_with_a_user_error_is_not_retried():
+    # given a task with the shard's retry rule
+    from prefect import flow, task
+
+    from flows.scoring import _transient
+    from tasks.errors import GatewayError
+
+    calls: list[str] = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_transient)
+    def shard(kind: str) -> None:
+        calls.append(kind)
+        raise GatewayError("the gateway refused: fix it") if kind == "refused" else ConnectionError("blip")
+
+    @flow
+    def run(kind: str) -> None:
+        shard(kind)
+
+    # when a shard fails with a TailcalError, and when it fails with anything else
+    with pytest.raises(GatewayError):
+        run("refused")
+    with pytest.raises(ConnectionError):
+        run("transient")
+    # then only the transient failure is tried again (twice)
+    assert calls.count("refused") == 1, f"a user error is final: {calls}"
+    assert calls.count("transient") == 3, f"a transient failure gets its retries: {calls}"

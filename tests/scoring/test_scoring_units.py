@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tasks.scoring.gateway import ReplyError, parse_reply
+from tasks.scoring.gateway import ReplyError, parse_reply, reply_problem, server_message
 from tasks.scoring.passes import ScoreRecord, _leaders_first
 from tasks.scoring.ratelimit import LATE_WAKE_S, slot_interval_s
 from tasks.scoring.results import CostForecast, scores_table, summarize
@@ -43,6 +43,81 @@ def test_valid_replies_parse(content, expected):
 def test_invalid_replies_are_rejected_with_the_reason(content, reason):
     with pytest.raises(ReplyError, match=reason):
         parse_reply(content)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '```json\n{"difficulty": 0.62, "factors": ["low_light"]}\n```',
+        '```\n{"difficulty": 0.62, "factors": ["low_light"]}\n```',
+        '  ```JSON\n{"difficulty": 0.62, "factors": ["low_light"]}\n```\n',
+        '```json {"difficulty": 0.62, "factors": ["low_light"]} ```',
+        '\n\t {"difficulty": 0.62, "factors": ["low_light"]}  \n',
+    ],
+)
+def test_one_fence_or_whitespace_around_the_object_is_accepted_unchanged(content):
+    assert parse_reply(content) == (0.62, ("low_light",)), f"{content!r} carries exactly 0.62"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"difficulty": 0.62, "factors": []}\nThe frame is dark.', "followed by other text at char 36"),
+        ('{"difficulty": 0.62}{"difficulty": 0.1}', "followed by other text"),
+        ('Here you go:\n```json\n{"difficulty": 0.62}\n```', "not JSON"),
+        ('```json\n{"difficulty": 0.62}\n```\nHope this helps.', "not JSON"),
+        ('```json\n{"difficulty": 0.62}\n```\n```json\n{"difficulty": 0.1}\n```', "not JSON"),
+        ('```python\n{"difficulty": 0.62}\n```', "not JSON"),
+        ('```json\n{"difficulty": 0.62,}\n```', "not JSON"),
+        ("{'difficulty': 0.62, 'factors': []}", "not JSON"),
+        ('{"difficulty": 0.62, "factors": [],}', "not JSON"),
+        ('{"difficulty": 0.62, "factors": ["blur",]}', "not JSON"),
+        ('{"difficulty": 0.1, "factors": [], "difficulty": 0.62}', "repeated key 'difficulty'"),
+        ("```json\n```", "not JSON"),
+        ("  \n ", "empty"),
+    ],
+)
+def test_prose_around_json_and_near_json_are_refused_not_guessed(content, reason):
+    with pytest.raises(ReplyError, match=reason) as refused:
+        parse_reply(content)
+    assert refused.value.retryable, f"{content!r}: the model may answer cleanly when asked again"
+
+
+def test_a_cut_reply_and_a_refusal_are_not_retryable_and_name_their_cause():
+    cut = reply_problem(ReplyError("not JSON"), "length", None, 128)
+    assert not cut.retryable, "the same request is cut at the same limit"
+    assert "length limit (128 output tokens)" in str(cut) and "gateway.models[].max_output_tokens" in str(cut), (
+        f"names the limit and the setting: {cut}"
+    )
+    refusal = "I'm sorry,\n but I can't   help with this image. " + "Policy. " * 40
+    refused = reply_problem(ReplyError("empty reply"), "stop", refusal, 128)
+    assert not refused.retryable, "a refusal is the model's answer to this image and prompt"
+    assert str(refused).startswith("model refused: \"I'm sorry, but I can't help with this image. Policy."), (
+        f"quotes the refusal on one line: {refused}"
+    )
+    assert len(str(refused)) < 200 and str(refused).endswith('…"'), f"trimmed: {refused}"
+    filtered = reply_problem(ReplyError("empty reply"), "content_filter", None, 128)
+    assert not filtered.retryable and "content filter" in str(filtered), f"names the filter: {filtered}"
+    other = ReplyError("not JSON (Expecting value at char 0): 'hm'")
+    assert reply_problem(other, "stop", None, 128) is other, "any other invalid reply keeps its own reason"
+
+
+class _Rejected(Exception):
+    def __init__(self, body, message=""):
+        super().__init__(message)
+        self.body, self.message = body, message
+
+
+def test_the_server_message_comes_from_the_error_body_or_the_first_line():
+    message = "Invalid parameter: 'response_format' must be one of 'json_object', 'text'."
+    body = {"message": message, "type": "invalid_request_error", "param": "response_format", "code": None}
+    assert server_message(_Rejected(body)) == message, "the OpenAI-style error.message, as sent"
+    assert server_message(_Rejected({"error": {"message": "value out of range", "param": "temperature"}})) == (
+        "value out of range (param temperature)"
+    ), "a param the message does not name is added"
+    raw = "litellm.BadRequestError: OpenAIException - <html>400 Bad Request</html>\n\nLiteLLM: model group failed"
+    assert server_message(_Rejected(None, raw)) == "<html>400 Bad Request</html>", "litellm's wrapping is removed"
+    assert server_message(_Rejected(None, "")) is None, "no message: none is invented"
 
 
 def test_near_duplicates_follow_their_leader():

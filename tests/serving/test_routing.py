@@ -170,7 +170,8 @@ def test_top_tier_failure_is_a_503_and_bad_headers_a_400():
     assert out_of_range.status_code == 400, f"priority 42: {out_of_range.text}"
     garbage = client.post("/v1/detect", content=b"not an image")
     assert garbage.status_code == 400, f"undecodable body: {garbage.text}"
-    calls = engines["int8"].calls
-    wrong_size = client.post("/v1/detect", content=_png(size=48))
-    assert wrong_size.status_code == 422, f"wrong input size is the client's error: {wrong_size.text}"
-    assert engines["int8"].calls == calls, "a client error must not reach (or fail over) the tiers"
+    calls = sum(engine.calls for engine in engines.values())
+    other_size = client.post("/v1/detect", content=_png(size=48))
+    assert sum(engine.calls for engine in engines.values()) > calls, (
+        f"any image size reaches the tiers (each fits it to its input), no 422: {other_size.text}"
+    )
