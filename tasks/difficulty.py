@@ -54,6 +54,10 @@ def image_statistics(image: Image.Image | np.ndarray) -> ImageStatistics:
     """A PIL image or uint8 array ([H, W, 3] RGB or [H, W] grey) → its statistics."""
     picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     gray = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+    if min(gray.shape) < 3:
+        # The 3×3 noise mask and the gradients need 3 pixels each way; a sliver is edge-padded
+        # so its statistics are numbers (NaN would silently collapse drift's PSI bins).
+        gray = np.pad(gray, [(0, max(0, 3 - side)) for side in gray.shape], mode="edge")
     gx, gy = np.abs(np.diff(gray, axis=1)).mean(), np.abs(np.diff(gray, axis=0)).mean()
     # Immerkær (1996), "Fast noise variance estimation": a 3×3 second-difference mask that
     # ignores smooth structure; sigma = sqrt(π/2) · mean|mask| / 6.

@@ -17,28 +17,22 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 # Transparent pixels are composited on white: what a viewer (and a VLM) shows for them.
 BACKGROUND = (255, 255, 255)
-# EXIF orientations that swap width and height (90° and 270° rotations, with or without a flip).
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _ORIENTATION_TAG = 0x0112
 _BITS_PER_SAMPLE_TAG = 258  # TIFF
 # What VLM APIs accept (OpenAI, Anthropic, Gemini): anything else is re-encoded.
 WIRE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 WIRE_JPEG_QUALITY = 90
+# Float frames are 0–1; rounding in their writers may overshoot by a hair.
+FLOAT_TOLERANCE = 1e-3
 _SRGB = ImageCms.createProfile("sRGB")
 
 
 class ImageDecodeError(ValueError):
     """The bytes do not hold an image Pillow can turn into 8-bit RGB; the message says why."""
-
-
-def oriented_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of an opened image as it is shown, after its EXIF orientation."""
-    width, height = image.size
-    return (height, width) if orientation(image) in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def orientation(image: Image.Image) -> int:
@@ -62,9 +56,15 @@ def load_image(data: bytes, draft: tuple[int, int] | None = None, grey: bool = F
             image.draft("L" if grey else image.mode, draft)
         image.load()
         icc, bits = image.info.get("icc_profile"), _bits(image)
+        # Pillow knows each container's orientation rules (TIFF applies its own on open).
         picture = to_rgb(ImageOps.exif_transpose(image) or image, icc, bits)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            "not an image Pillow can read (an unknown format, or a variant such as HEIC, float RGB or packed "
+            "12-bit RGB TIFF): convert it to PNG or JPEG"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
+        raise ImageDecodeError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
     return picture.convert("L") if grey else picture
 
 
@@ -91,7 +91,8 @@ def to_rgb(image: Image.Image, icc_profile: bytes | None = None, bits: int | Non
 
     - 16/32-bit integer grey ("I;16*", "I") is scaled by its real bit depth (TIFF BitsPerSample,
       else 16 bits), not clipped at 255 as `convert("RGB")` would.
-    - Float grey ("F") in [0, 1] is scaled by 255; other floats are clipped to [0, 255].
+    - Float grey ("F") is read as [0, 1] and scaled by 255; a frame with values outside it
+      is refused (ImageDecodeError), not guessed at: one stray pixel must not decide the scale.
     - Alpha ("RGBA", "LA", "PA", palette transparency) is composited on `BACKGROUND`.
     - An embedded ICC profile (CMYK included) is converted to sRGB.
     """
@@ -117,8 +118,14 @@ def to_rgb(image: Image.Image, icc_profile: bytes | None = None, bits: int | Non
 def _grey_to_8bit(values: np.ndarray, mode: str, bits: int | None) -> Image.Image:
     if mode == "F":
         finite = values[np.isfinite(values)]
-        scale = 255.0 if finite.size and float(finite.max()) <= 1.0 else 1.0
-        scaled = np.nan_to_num(values, nan=0.0) * scale
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE or finite.size < values.size:
+            raise ImageDecodeError(
+                f"a float frame with values in [{low:.4g}, {high:.4g}]"
+                f"{' and NaN/inf pixels' if finite.size < values.size else ''}: tailcal reads float frames "
+                "as 0–1; convert it to an 8- or 16-bit PNG or TIFF"
+            )
+        scaled = values * 255.0
     else:
         depth = bits if bits and 8 < bits <= 32 else 16
         scaled = values.astype(np.float64) * (255.0 / (2**depth - 1))
@@ -138,22 +145,27 @@ class WireImage:
 def for_the_wire(data: bytes, max_side: int) -> WireImage:
     """The bytes a VLM gets: the same upright sRGB picture every stage sees, no larger than `max_side`.
 
-    The original bytes go out unchanged only when they already are that picture: a JPEG,
-    PNG or WebP in 8-bit RGB or grey, upright as stored, with no colour profile, within
-    `max_side`. Anything else (rotated, other formats, other modes, larger) is re-encoded as
-    JPEG (quality 90) from `load_image`'s picture. The media type always matches the bytes.
+    The original bytes go out unchanged only when they already are that picture: a
+    single-frame JPEG, PNG or WebP in 8-bit RGB or grey without transparency, upright as
+    stored, with no colour profile, within `max_side`. Anything else (rotated, other formats,
+    other modes, larger) is re-encoded as JPEG (quality 90) from `load_image`'s picture. The
+    media type always matches the bytes.
     """
     try:
         probe = Image.open(io.BytesIO(data))
+        as_is = (
+            probe.format in WIRE_FORMATS
+            and probe.mode in ("RGB", "L")
+            and getattr(probe, "n_frames", 1) == 1  # an animation would show the VLM more than frame 0
+            and "transparency" not in probe.info  # others see it composited on white
+            and orientation(probe) == 1
+            and not probe.info.get("icc_profile")
+            and max(probe.size) <= max_side
+        )
+    except UnidentifiedImageError:
+        as_is = False  # load_image names the problem
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
-    as_is = (
-        probe.format in WIRE_FORMATS
-        and probe.mode in ("RGB", "L")
-        and orientation(probe) == 1
-        and not probe.info.get("icc_profile")
-        and max(probe.size) <= max_side
-    )
+        raise ImageDecodeError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
     if as_is:
         return WireImage(data, WIRE_FORMATS[probe.format], probe.width, probe.height)
     image = load_image(data)

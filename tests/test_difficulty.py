@@ -124,3 +124,12 @@ def test_as_dict_returns_exactly_the_drift_features():
     assert features == {name: getattr(statistics, name) for name in STAT_NAMES}, f"values by name: {features}"
     others = {field.name for field in dataclasses.fields(ImageStatistics)} - set(STAT_NAMES)
     assert others and not others & set(features), f"non-drift statistics ({others}) stay out: {features}"
+
+
+@pytest.mark.parametrize("shape", [(1, 400), (400, 1), (2, 2), (1, 1)])
+def test_a_sliver_of_an_image_has_finite_statistics(shape):
+    sliver = np.full((*shape, 3), 40, np.uint8)
+    stats = image_statistics(sliver)
+    values = [getattr(stats, name) for name in ("brightness", "contrast", "sharpness", "noise", "saturated")]
+    assert all(np.isfinite(v) for v in values), f"{shape}: {stats}"
+    assert np.isfinite(assess(sliver).difficulty), f"{shape}: difficulty must be a number"

@@ -9,7 +9,7 @@ from PIL import Image, ImageCms
 
 from tasks.detection.preprocess import Preprocessing, decode_image
 from tasks.drift import image_features
-from tasks.imaging import WIRE_FORMATS, for_the_wire, load_image
+from tasks.imaging import WIRE_FORMATS, ImageDecodeError, for_the_wire, load_image
 from tasks.ingest.images import check_image
 from tasks.scoring.cache import phash64
 from tasks.scoring.gateway import prepare_image
@@ -151,3 +151,44 @@ def test_the_detector_input_is_the_same_picture_for_every_container():
     a, _ = prep.batch([decode_image(upright)])
     b, _ = prep.batch([decode_image(sideways)])
     assert np.abs(a - b).mean() < 0.05, "EXIF-rotated and upright copies reach the detector alike"
+
+
+def test_a_float_frame_outside_zero_to_one_is_refused_not_guessed():
+    grey = _scene(32, 24)[..., 0].astype(np.float32) / 255
+    fine = load_image(_encode(Image.fromarray(grey), "TIFF"))
+    assert np.abs(np.asarray(fine)[..., 0].astype(int) - _scene(32, 24)[..., 0]).max() <= 1, "0–1 floats scale by 255"
+    stray = grey.copy()
+    stray[0, 0] = 1.01  # one pixel over must not turn the frame black (it did, by switching the scale)
+    with pytest.raises(ImageDecodeError, match=r"float frame with values in \[.*, 1.01\].*convert it"):
+        load_image(_encode(Image.fromarray(stray), "TIFF"))
+    assert "float frame" in (check_image(_encode(Image.fromarray(grey * 4095), "TIFF"), 10**8).error or ""), (
+        "ingest skips such a frame with the reason"
+    )
+
+
+@pytest.mark.parametrize("kind", ["animated GIF", "grey PNG with tRNS"])
+def test_animations_and_transparency_go_to_the_vlm_as_every_stage_sees_them(kind):
+    if kind == "animated GIF":
+        frames = [Image.fromarray(_scene(40, 30, seed)) for seed in range(3)]
+        buffer = io.BytesIO()
+        frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+        data = buffer.getvalue()
+    else:
+        data = _encode(Image.fromarray(_scene(40, 30)[..., 0]), "PNG", transparency=90)
+    sent = for_the_wire(data, 512)
+    assert sent.data != data and sent.media_type == "image/jpeg", f"{kind}: re-encoded from the decoded picture"
+    shown = np.asarray(Image.open(io.BytesIO(sent.data)).convert("RGB")).astype(int)
+    assert np.abs(shown - np.asarray(load_image(data)).astype(int)).mean() < 4, (
+        f"{kind}: the VLM sees frame 0 as composited"
+    )
+
+
+def test_a_tiff_stored_sideways_is_measured_upright_by_ingest_and_the_wire():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(_scene(160, 96)), "TIFF", exif=exif.tobytes())
+    shown = load_image(data).size
+    check = check_image(data, 10**8)
+    assert (check.width, check.height) == shown, f"ingest {check.width}×{check.height} vs decoded {shown}"
+    wire = for_the_wire(data, 512)
+    assert (wire.width, wire.height) == shown, f"wire {wire.width}×{wire.height} vs decoded {shown}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ import numpy as np
 from tasks.detection.labels import resolve_category_ids, split_categories
 from tasks.detection.preprocess import decode_image
 from tasks.errors import TailcalError
+from tasks.imaging import ImageDecodeError
+
+logger = logging.getLogger(__name__)
 
 
 class EvalSplitError(TailcalError):
@@ -89,7 +93,7 @@ def load_eval_split(
             "to a COCO folder (annotations.json + images/)"
         )
     raw = annotations.read_bytes()
-    coco = json.loads(raw)
+    coco = _read_coco(raw, annotations)
     # The whole file's categories and annotations, before `limit` hides any.
     category_ids = resolve_category_ids(
         list(split_categories(coco, annotations)), annotations, num_classes=num_classes, label_map=label_map
@@ -103,5 +107,93 @@ def load_eval_split(
         path = directory / "images" / record["file_name"]
         if not path.exists():
             raise EvalSplitError(f"{annotations} lists image {record['file_name']!r}, but {path} does not exist")
-        images.append(decode_image(path.read_bytes()))
+        try:
+            image = decode_image(path.read_bytes())
+        except ImageDecodeError as exc:
+            raise EvalSplitError(f"{path}: {exc}") from None
+        _check_size(record, image, annotations)
+        images.append(image)
+    _fit_boxes_to_images(coco, annotations)
     return EvalSplit(directory, coco, images, hashlib.sha256(raw).hexdigest()[:12], category_ids)
+
+
+def _read_coco(raw: bytes, source: Path) -> dict:
+    """The parsed file, with the structure COCOeval relies on checked (it fails deep, or worse,
+    drops boxes silently, on what is refused here)."""
+    try:
+        coco = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalSplitError(f"{source} is not valid JSON ({exc}): export the split again as COCO JSON") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise EvalSplitError(f"{source} has no 'images' list: a COCO split needs images, annotations and categories")
+    if not isinstance(coco.get("annotations"), list):
+        raise EvalSplitError(f"{source} has no 'annotations' list: write an empty list for a split without boxes")
+    for record in coco["images"]:
+        if not isinstance(record, dict) or type(record.get("id")) is not int or not record.get("file_name"):
+            raise EvalSplitError(f"{source}: image {str(record)[:120]} needs an integer 'id' and a 'file_name'")
+    ids = [record["id"] for record in coco["images"]]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise EvalSplitError(f"{source} lists image ids {repeated} more than once: each image needs its own id")
+    known = set(ids)
+    for annotation in coco["annotations"]:
+        where = f"{source}: annotation {str(annotation)[:120]}"
+        if not isinstance(annotation, dict) or type(annotation.get("id")) is not int:
+            raise EvalSplitError(f"{where} needs an integer 'id'")
+        if annotation.get("image_id") not in known:
+            raise EvalSplitError(f"{where} names image_id {annotation.get('image_id')!r}, which 'images' lacks")
+        box = annotation.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+            raise EvalSplitError(f"{where} needs a 'bbox' of four numbers [x, y, width, height]")
+    return coco
+
+
+def _check_size(record: dict, image: np.ndarray, source: Path) -> None:
+    """The size the file declares is the size of the picture as shown, or the boxes are in another frame."""
+    height, width = image.shape[:2]
+    declared = (record.get("width"), record.get("height"))
+    if declared == (None, None):
+        record["width"], record["height"] = width, height
+        return
+    if declared == (width, height):
+        return
+    if declared == (height, width):
+        raise EvalSplitError(
+            f"{source}: image {record['file_name']!r} is declared {declared[0]}×{declared[1]} but shows "
+            f"{width}×{height} upright (its EXIF orientation turns it): the annotations are in the stored frame; "
+            "export them in the upright frame, or strip the orientation tag from the image"
+        )
+    raise EvalSplitError(
+        f"{source}: image {record['file_name']!r} is declared {declared[0]}×{declared[1]} but is {width}×{height}: "
+        "the boxes would be scored against another picture; fix width/height or the image"
+    )
+
+
+def _fit_boxes_to_images(coco: dict, source: Path) -> None:
+    """Clip ground-truth boxes to their image and drop those with no area left.
+
+    A detector's boxes are clipped to the image, so a box reaching outside could never be
+    matched exactly, and a zero-area box never at all: either would lower mAP unseen.
+    """
+    size_of = {record["id"]: (record["width"], record["height"]) for record in coco["images"]}
+    kept, dropped = [], []
+    for annotation in coco["annotations"]:
+        width, height = size_of[annotation["image_id"]]
+        x, y, w, h = (float(v) for v in annotation["bbox"])
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x1 - x0 <= 0 or y1 - y0 <= 0:
+            dropped.append(annotation["id"])
+            continue
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            annotation["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+        annotation.setdefault("area", (x1 - x0) * (y1 - y0))
+        kept.append(annotation)
+    if dropped:
+        logger.warning(
+            "%s: %d annotation(s) with no area inside their image were dropped (ids %s): fix them in the labels",
+            source,
+            len(dropped),
+            dropped[:10],
+        )
+    coco["annotations"] = kept

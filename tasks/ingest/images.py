@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from tasks.imaging import oriented_size
+from tasks.imaging import ImageDecodeError, load_image
 
 # Every bomb rejection starts with this, whether our limit or Pillow's own
 # (Image.MAX_IMAGE_PIXELS, checked inside Image.open) caught it.
@@ -33,13 +33,7 @@ def check_image(data: bytes, max_pixels: int) -> ImageCheck:
         return ImageCheck(error="empty object (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.size[0] * image.size[1] > max_pixels:
-                return ImageCheck(error=_bomb(*image.size, max_pixels))
-            width, height = oriented_size(image)  # as shown: a sideways-stored portrait is tall
-            # JPEG can decode at 1/8 scale: every entropy-coded byte is still read, so a
-            # truncated or corrupt stream still fails, at a fraction of the IDCT cost.
-            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
+            width, height = image.size
     except Image.DecompressionBombError as exc:
         return ImageCheck(error=f"{_BOMB}: {exc}")
     except UnidentifiedImageError:
@@ -47,6 +41,17 @@ def check_image(data: bytes, max_pixels: int) -> ImageCheck:
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow raises OSError for truncated data and SyntaxError/ValueError for broken headers.
         return ImageCheck(error=f"corrupt or truncated image: {exc}")
+    if width * height > max_pixels:
+        return ImageCheck(error=_bomb(width, height, max_pixels))
+    try:
+        # The decode every stage will make, at up to 1/8 scale for JPEG: every entropy-coded
+        # byte is still read, so a truncated or corrupt stream still fails, for a fraction of
+        # the IDCT cost. Its orientation says whether the picture is shown sideways.
+        picture = load_image(data, draft=(max(1, width // 8), max(1, height // 8)))
+    except (ImageDecodeError, Image.DecompressionBombError) as exc:
+        return ImageCheck(error=str(exc))
+    if (picture.width > picture.height) != (width > height) and width != height:
+        width, height = height, width  # as shown: a sideways-stored portrait is tall
     return ImageCheck(width=width, height=height)
 
 

@@ -74,6 +74,7 @@ class PoolLayout:
 
     parts: list[PoolPart]
     kind: str  # "file", "folder", "hive" or "delta v<N>": for logs
+    not_read: list[str] = field(default_factory=list)  # files that may be Parquet under another name
 
 
 def discover(location: PoolLocation) -> PoolLayout:
@@ -91,15 +92,35 @@ def discover(location: PoolLocation) -> PoolLayout:
     _refuse_foreign_tables(location, relative)
     if any(rel.startswith(f"{_DELTA_LOG}/") for rel in relative.values()):
         return _delta_layout(location, relative)
-    parts = []
+    parts, maybe_parquet = [], []
     for path, rel in relative.items():
         components = rel.split("/")
-        if _ignored(components) or not components[-1].endswith(".parquet"):
+        if _ignored(components):
+            continue
+        if not components[-1].endswith(".parquet"):
+            if _looks_like_data(components[-1]):
+                maybe_parquet.append(rel)
             continue
         partitions, origin = _hive_partitions(components[:-1], location.display(path))
         parts.append(PoolPart(path, partitions, origin))
+    if maybe_parquet:
+        # Hive and Impala write data files without an extension (000000_0); reading them
+        # unasked could read anything, skipping them unsaid loses rows: say so.
+        logger.warning(
+            "pool %s: %d file(s) without the .parquet extension were not read (e.g. %s); "
+            "rename them *.parquet if they belong to the pool",
+            location.uri,
+            len(maybe_parquet),
+            ", ".join(maybe_parquet[:3]),
+        )
     kind = "hive" if any(p.origin for p in parts) else "folder"
-    return PoolLayout(parts, kind)
+    return PoolLayout(parts, kind, maybe_parquet)
+
+
+def _looks_like_data(name: str) -> bool:
+    """A file name that may hold Parquet under another name: no extension, or .parq/.pq/.PARQUET."""
+    suffix = posixpath.splitext(name)[1].lower()
+    return suffix in ("", ".parq", ".pq", ".parquet")
 
 
 def _relative(path: str, root: str) -> str:

@@ -34,6 +34,16 @@ _SCHEMA_HINT = (
     "source (strings) and captured_at (UTC timestamp) are optional (README: Pool schema)"
 )
 _STRING_CHECKS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+# Optional columns pandas and Polars write with Arrow's null type when every value is missing:
+# read as all-null columns of their type.
+_NULLABLE_TYPES = {
+    "class_hint": pa.string(),
+    "condition": pa.string(),
+    "source": pa.string(),
+    "captured_at": pa.timestamp("us"),
+    "width": pa.int32(),
+    "height": pa.int32(),
+}
 _BINARY_CHECKS = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
 
 
@@ -58,7 +68,9 @@ def plain_schema(schema: pa.Schema) -> pa.Schema:
     fields = []
     for schema_field in schema:
         data_type = schema_field.type
-        if is_string_like(data_type) and not pa.types.is_string(data_type):
+        if pa.types.is_null(data_type) and schema_field.name in _NULLABLE_TYPES:
+            schema_field = schema_field.with_type(_NULLABLE_TYPES[schema_field.name])
+        elif is_string_like(data_type) and not pa.types.is_string(data_type):
             schema_field = schema_field.with_type(pa.string())
         elif is_binary_like(data_type) and not (pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type)):
             schema_field = schema_field.with_type(pa.large_binary())
@@ -128,6 +140,8 @@ def _check_schema(schema: pa.Schema, display: str, pool: PoolConfig, partitions:
     expected["captured_at"] = (pa.types.is_timestamp, "timestamp")
     expected["width"] = expected["height"] = (pa.types.is_integer, "integer")
     for column, (check, wanted_type) in expected.items():
+        if column in schema.names and pa.types.is_null(schema.field(column).type) and column in _NULLABLE_TYPES:
+            continue  # all values missing: read as nulls of the column's type (plain_schema)
         if column in schema.names and not check(schema.field(column).type):
             raise PoolSchemaError(
                 f"{display}: column '{column}' has type {schema.field(column).type}, expected {wanted_type}: "

@@ -68,6 +68,11 @@ def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestRepo
         raise EmptyPoolError(
             f"no *.parquet files under pool URI {uri!r}"
             + (" in the Delta table's current version" if layout.kind.startswith("delta") else "")
+            + (
+                f" (files without the .parquet extension, e.g. {layout.not_read[:2]}, are not read: rename them)"
+                if layout.not_read
+                else ""
+            )
             + ": check pool.uri (bucket, prefix or path) and that the pool was written there "
             "(paths with a folder or name starting with '_' or '.' are ignored)"
         )

@@ -178,6 +178,7 @@ class GatewayClient:
     """Scores one prepared image with a named model through the gateway."""
 
     def __init__(self, config: GatewayConfig, api_base: str, api_key: str, template: PromptTemplate) -> None:
+        self._warned_no_usage = False
         self._config = config
         self._template = template
         self._prices = {m.name: m for m in config.models}
@@ -271,7 +272,23 @@ class GatewayClient:
         usage = getattr(response, "usage", None)
         input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = self.cost(served_by, input_tokens, output_tokens)
+        if input_tokens > 0:
+            cost = self.cost(served_by, input_tokens, output_tokens)
+        else:
+            # An image call always has input tokens: a reply without usage was still billed.
+            # Booking it at nothing would let spend pass the cap unseen; book the worst case.
+            cost = self.worst_case_cost(served_by, image)
+            if not self._warned_no_usage:
+                self._warned_no_usage = True
+                log.warning(
+                    "gateway %s reports no token usage for %s: each call is booked at its worst-case price "
+                    "(€%.6f); spend and the budget cap count that",
+                    self.api_base,
+                    served_by,
+                    cost,
+                )
+        if not response.choices:
+            raise PaidReplyError("the gateway answered with no choices (an empty reply)", cost, served_by)
         choice = response.choices[0]
         message = choice.message
         content = message.content

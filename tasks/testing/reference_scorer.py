@@ -75,6 +75,7 @@ class ScorerSettings:
     latency_s: float = 0.0
     faults: FaultPlan = field(default_factory=FaultPlan)
     fixed_difficulty: float | None = None  # answer this score for every image (no formula, no noise)
+    report_usage: bool = True  # False: answer without a `usage` block, as some gateways do
 
 
 _OUTCOMES = (
@@ -259,7 +260,10 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
         prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
         model = body.get("model", "reference-vlm")
-        return _completion(model, content, prompt_tokens, finish_reason, refusal, completion_tokens)
+        completion = _completion(model, content, prompt_tokens, finish_reason, refusal, completion_tokens)
+        if not settings.report_usage:
+            del completion["usage"]
+        return completion
 
     return app
 

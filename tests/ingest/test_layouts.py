@@ -9,6 +9,7 @@ cannot be replayed from JSON are refused with the fix.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import PoolConfig, SyntheticConfig
-from tasks.errors import PoolSchemaError
+from tasks.errors import EmptyPoolError, PoolSchemaError
 from tasks.synth.write import write_pool
 from tests.ingest.layouts import (
     delta_add,
@@ -347,3 +348,37 @@ def test_table_layouts_that_cannot_be_read_exactly_are_refused_with_the_fix(tmp_
     assert any(fix in message for fix in ("export the table", "point pool.uri", "restore the file")), (
         f"a fix is named: {message}"
     )
+
+
+def test_optional_columns_written_with_the_null_type_read_as_missing_values(tmp_path):
+    # given a pool whose condition and captured_at columns are all None (pandas/Polars write Arrow null)
+    images = [jpeg_bytes((48, 32)) for _ in range(3)]
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "image": pa.array(images, pa.binary()),
+            "condition": pa.nulls(3),
+            "captured_at": pa.nulls(3),
+        }
+    )
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    # when ingested
+    candidates, report = ingest(tmp_path)
+    # then every row is a candidate with no condition, nothing skipped
+    assert [c.id for c in candidates] == ["a", "b", "c"] and report.skipped == [], report.summary()
+    assert all(c.condition is None and c.captured_at is None for c in candidates), "missing values stay missing"
+
+
+def test_files_that_may_be_parquet_under_another_name_are_named_not_silently_dropped(tmp_path, caplog):
+    table = pa.table({"id": ["a"], "image": pa.array([jpeg_bytes((32, 32))], pa.binary())})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    pq.write_table(table.set_column(0, "id", pa.array(["b"])), tmp_path / "000000_0")
+    with caplog.at_level(logging.WARNING, logger="tasks.ingest.layout"):
+        candidates, _ = ingest(tmp_path)
+    assert [c.id for c in candidates] == ["a"], "only the *.parquet file is read"
+    assert any("000000_0" in r.getMessage() and "not read" in r.getMessage() for r in caplog.records), (
+        "the file left out is named"
+    )
+    (tmp_path / "part-0.parquet").unlink()
+    with pytest.raises(EmptyPoolError, match=r"000000_0.*rename them"):
+        ingest(tmp_path)

@@ -131,3 +131,24 @@ def test_a_bad_request_carries_the_server_message_without_key_or_payload(redis_c
         assert "base64,/9j" not in text, f"the image payload reached the {where}"
     state = session.ledger.state()
     assert state.spent_eur == 0 and state.reserved_eur == 0, f"a rejected request costs nothing: {state}"
+
+
+def test_a_gateway_that_reports_no_usage_is_booked_at_the_worst_case_and_the_cap_still_binds(
+    redis_client, pool_dir, caplog
+):
+    # given a gateway that answers without a usage block, and a cap for about three worst-case calls
+    server = start_scorer(ScorerSettings(report_usage=False))
+    try:
+        config = scoring_config(budget={"cap_eur": 0.0005})
+        session = session_for(config, redis_client, server.base_url)
+        with caplog.at_level(logging.WARNING, logger="tasks.scoring.gateway"):
+            records = score_shard(session, rows(pool_dir, 0, 8))
+    finally:
+        server.stop()
+    # then every paid call is booked at its reservation, and the cap stops the rest
+    paid = [r for r in records if r.status == "scored"]
+    assert paid and all(r.cost_eur > 0 for r in paid), f"no call is free: {[r.cost_eur for r in paid]}"
+    assert any(r.status == "unscored" for r in records), f"the cap binds: {Counter(r.status for r in records)}"
+    assert session.ledger.state().spent_eur <= 0.0005 + 1e-12, "spend stays within the cap"
+    warnings = [r.message for r in caplog.records if "reports no token usage" in r.getMessage()]
+    assert len(warnings) == 1, f"one warning says why calls are booked at the worst case: {warnings}"
