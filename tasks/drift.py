@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.config import DriftConfig
-from tasks.detection.preprocess import decode_image
 from tasks.difficulty import STAT_NAMES, assess
 from tasks.errors import ConfigError, TailcalError
+from tasks.imaging import decode_rgb
 from tasks.ingest.models import Candidate
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def sample_features(batches: Iterable[list[Candidate]], keep: set[str] | None = 
     for batch in batches:
         for candidate in batch:
             if keep is None or candidate.id in keep:
-                sample.add(candidate.id, decode_image(candidate.image), candidate.condition)
+                sample.add(candidate.id, decode_rgb(candidate.image), candidate.condition)
         if keep is not None and len(sample) == len(keep):
             break
     return sample

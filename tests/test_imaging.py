@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from tasks.detection.preprocess import Preprocessing, decode_image
+from tasks.detection.preprocess import Preprocessing
 from tasks.drift import image_features
-from tasks.imaging import WIRE_FORMATS, ImageDecodeError, for_the_wire, load_image
+from tasks.imaging import WIRE_FORMATS, ImageDecodeError, decode_rgb, for_the_wire, load_image
 from tasks.ingest.images import check_image
 from tasks.scoring.cache import phash64
 from tasks.scoring.gateway import prepare_image
@@ -52,14 +52,14 @@ def test_a_sideways_stored_portrait_is_upright_in_every_stage():
     distance = bin(phash64(sideways) ^ phash64(upright)).count("1")
     assert distance <= 5, f"pHash {distance} bits from the upright copy (near-duplicates are within 5)"
     # the detector gets 1024 rows × 768 columns, the upright pixels
-    pixels = decode_image(sideways)
+    pixels = decode_rgb(sideways)
     assert pixels.shape == (1024, 768, 3), f"detector input {pixels.shape}"
-    assert np.abs(pixels.astype(int) - decode_image(upright).astype(int)).mean() < 3, "same pixels as the upright copy"
+    assert np.abs(pixels.astype(int) - decode_rgb(upright).astype(int)).mean() < 3, "same pixels as the upright copy"
     # ingest records the size as shown
     check = check_image(sideways, max_pixels=10**8)
     assert (check.width, check.height) == (768, 1024), f"ingest recorded {check.width}×{check.height}"
     # drift measures the upright picture too
-    assert image_features(pixels) == pytest.approx(image_features(decode_image(upright)), abs=0.02), "drift features"
+    assert image_features(pixels) == pytest.approx(image_features(decode_rgb(upright)), abs=0.02), "drift features"
 
 
 def test_a_small_copy_is_upright_as_well():
@@ -148,8 +148,8 @@ def test_the_detector_input_is_the_same_picture_for_every_container():
     # The same frame as JPEG-decoded pixels, a PNG and an EXIF-rotated JPEG: one detector input.
     prep = Preprocessing(192)
     upright, sideways = _sideways_portrait()
-    a, _ = prep.batch([decode_image(upright)])
-    b, _ = prep.batch([decode_image(sideways)])
+    a, _ = prep.batch([decode_rgb(upright)])
+    b, _ = prep.batch([decode_rgb(sideways)])
     assert np.abs(a - b).mean() < 0.05, "EXIF-rotated and upright copies reach the detector alike"
 
 

@@ -31,11 +31,6 @@ Resize = Literal["letterbox", "stretch"]
 _RT_INFO = ("tailcal", "preprocessing")
 
 
-def decode_image(data: bytes | np.ndarray) -> np.ndarray:
-    """Encoded bytes (or an array) → uint8 RGB [H, W, 3], upright (`tasks.imaging.decode_rgb`)."""
-    return decode_rgb(data)
-
-
 def preprocess(
     images: Sequence[np.ndarray], mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
 ) -> np.ndarray:
@@ -103,14 +98,15 @@ class Preprocessing:
         canvas[top : top + new_h, left : left + new_w] = resized
         return canvas, Placement(new_w / width, new_h / height, float(left), float(top), width, height)
 
-    def batch(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Placement]]:
-        """Images of any sizes → the normalised float32 [N, 3, S, S] batch and each one's placement."""
+    def batch(self, images: Sequence[np.ndarray | bytes]) -> tuple[np.ndarray, list[Placement]]:
+        """Images (arrays or encoded bytes) of any sizes → the normalised float32 [N, 3, S, S]
+        batch and each one's placement."""
         fitted = [self.fit(decode_rgb(image)) for image in images]
         return preprocess([f for f, _ in fitted], self.mean, self.std), [p for _, p in fitted]
 
     def inputs(self, images: Sequence[np.ndarray | bytes]) -> list[np.ndarray]:
         """Each image (array or encoded bytes) as its own [1, 3, S, S] input, in order."""
-        return [self.batch([decode_rgb(image)])[0] for image in images]
+        return [self.batch([image])[0] for image in images]
 
     def write_to(self, model) -> None:
         """Record the contract in an `openvino.Model`'s runtime info (kept by NNCF and save_model)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,23 @@ def detect(
 ) -> list[Detections]:
     """uint8 RGB images of any sizes → detections in each image's own pixels, via the shared
     pre/post-processing. `compiled` is a compiled IR (NNCF hands its own to validation)."""
+    return detect_with(lambda batch: raw_outputs(compiled, batch), images, preprocessing, batch_size, params)
+
+
+def detect_with(
+    heads: Callable[[np.ndarray], Sequence],
+    images: Sequence[np.ndarray],
+    preprocessing: Preprocessing,
+    batch_size: int = 16,
+    params: PostprocessParams = DEFAULT_PARAMS,
+) -> list[Detections]:
+    """The one path from images to detections for every runner (an IR, PyTorch, a serving
+    request): fit each image to the input, `heads(batch)` → the three head tensors, decode,
+    and map the boxes back to each image's own pixels."""
     detections: list[Detections] = []
     for start in range(0, len(images), batch_size):
         batch, placements = preprocessing.batch(images[start : start + batch_size])
-        cls_logits, regression, ctrness = raw_outputs(compiled, batch)
-        decoded = decode_batch(cls_logits, regression, ctrness, preprocessing.input_size, params)
+        decoded = decode_batch(*heads(batch), preprocessing.input_size, params)
         detections.extend(to_original(found, placement) for found, placement in zip(decoded, placements, strict=True))
     return detections
 

@@ -20,7 +20,8 @@ import torch
 from torchvision.models.detection import FCOS
 
 from tasks.detection.labels import resolve_category_ids, split_categories
-from tasks.detection.preprocess import Preprocessing, decode_image
+from tasks.detection.preprocess import Preprocessing
+from tasks.imaging import decode_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def load_split(
             by_image[ann["image_id"]].append(ann)
     images, boxes, labels = [], [], []
     for record in records:
-        image, placement = preprocessing.fit(decode_image((coco_dir / "images" / record["file_name"]).read_bytes()))
+        image, placement = preprocessing.fit(decode_rgb((coco_dir / "images" / record["file_name"]).read_bytes()))
         images.append(image)
         anns = by_image[record["id"]]
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tasks.config import EvaluationConfig
-from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
+from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams
 from tasks.detection.preprocess import Preprocessing
 from tasks.evaluation.coco import coco_map
 from tasks.evaluation.split import EvalSplit
@@ -140,17 +140,15 @@ def torch_detect(
     import torch
 
     from tasks.detection.model import RawHeadModel
-    from tasks.detection.runtime import to_original
+    from tasks.detection.runtime import detect_with
 
     wrapper = RawHeadModel(model).eval()
-    detections: list[Detections] = []
+
+    def heads(batch: np.ndarray) -> list[np.ndarray]:
+        return [output.numpy() for output in wrapper(torch.from_numpy(batch))]
+
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch, placements = preprocessing.batch(images[start : start + batch_size])
-            outputs = wrapper(torch.from_numpy(batch))
-            decoded = decode_batch(*(o.numpy() for o in outputs), preprocessing.input_size, params)
-            detections.extend(to_original(d, p) for d, p in zip(decoded, placements, strict=True))
-    return detections
+        return detect_with(heads, images, preprocessing, batch_size, params)
 
 
 def evaluate_torch(model, split: EvalSplit, preprocessing: Preprocessing) -> EvalResult:

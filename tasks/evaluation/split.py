@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tasks.detection.labels import resolve_category_ids, split_categories
-from tasks.detection.preprocess import decode_image
 from tasks.errors import TailcalError
-from tasks.imaging import ImageDecodeError
+from tasks.imaging import ImageDecodeError, decode_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def load_eval_split(
         if not path.exists():
             raise EvalSplitError(f"{annotations} lists image {record['file_name']!r}, but {path} does not exist")
         try:
-            image = decode_image(path.read_bytes())
+            image = decode_rgb(path.read_bytes())
         except ImageDecodeError as exc:
             raise EvalSplitError(f"{path}: {exc}") from None
         _check_size(record, image, annotations)

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, then recorded
 # (a reply that cannot succeed when asked again, cut at the length limit or a refusal, is not)
 # Once max_identical_errors stops a gateway, every call to it is refused until none has
-# arrived for this long: Prefect's task retries (5 s apart) and the shards still queued end
-# at once without sending, and a run started later begins with a fresh count.
+# arrived for this long: the shards already submitted beside the failing one end at once
+# without sending, and a run started later begins with a fresh count.
 STOP_HOLD_S = 60.0
 RESERVE_WAIT_S = 0.05
 # A Redis restart (or failover) shorter than this is ridden out; a longer outage stops the

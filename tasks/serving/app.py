@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tasks.config import ServingConfig
 from tasks.detection.postprocess import Detections
-from tasks.detection.preprocess import decode_image
 from tasks.difficulty import assess
+from tasks.imaging import decode_rgb
 from tasks.serving.engines import Engine
 from tasks.serving.metrics import ServingMetrics
 from tasks.serving.routing import LatencyTracker, RoutingError, choose_tier, next_higher, ordered
@@ -71,7 +71,7 @@ def _decode(body: bytes, config: ServingConfig) -> np.ndarray:
         raise RequestError(400, f"could not decode the image ({exc.__class__.__name__}): send JPEG or PNG") from None
     if width * height > config.max_image_pixels:
         raise RequestError(413, f"image is {width}×{height}, above {config.max_image_pixels} pixels")
-    return decode_image(body)
+    return decode_rgb(body)
 
 
 class Router:

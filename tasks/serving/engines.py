@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks.config import ServingConfig
 from tasks.detection.export import IR_STEMS, Tier, ir_path
-from tasks.detection.postprocess import Detections, decode_batch
+from tasks.detection.postprocess import Detections
 from tasks.errors import TailcalError
 
 logger = logging.getLogger(__name__)
@@ -83,16 +83,17 @@ class OpenVinoEngine:
 
     def infer(self, image: np.ndarray) -> Detections:
         """uint8 RGB of any size → detections in its own pixels (the IR's preprocessing contract)."""
-        from tasks.detection.runtime import to_original
+        from tasks.detection.runtime import detect_with
 
-        batch, (placement,) = self.preprocessing.batch([image])
+        return detect_with(self._heads, [image], self.preprocessing)[0]
+
+    def _heads(self, batch: np.ndarray) -> list[np.ndarray]:
         request = self._requests.get()
         try:
             result = request.infer(batch)
-            heads = [np.copy(result[output]) for output in self.compiled.outputs]
+            return [np.copy(result[output]) for output in self.compiled.outputs]
         finally:
             self._requests.put(request)
-        return to_original(decode_batch(*heads, self.input_size)[0], placement)
 
 
 def load_engines(config: ServingConfig) -> dict[str, OpenVinoEngine]:
