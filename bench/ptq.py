@@ -58,17 +58,18 @@ def main() -> None:
     from tasks.calibration.quantize import quantize_ir
     from tasks.config import DetectorConfig, EvaluationConfig, QuantizationConfig
     from tasks.detection.export import export_ir
-    from tasks.detection.model import build_detector
-    from tasks.detection.preprocess import Preprocessing
+    from tasks.detection.families import adapter_for, build_detector
     from tasks.detection.runtime import compare_speed
     from tasks.evaluation.evaluate import evaluate_ir
     from tasks.evaluation.split import load_eval_split
 
     torch.set_num_threads(1)
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="tailcal-ptq-"))
-    model = build_detector(DetectorConfig(checkpoint=args.checkpoint))
-    preprocessing = Preprocessing(192)
-    exported = export_ir(model, out_dir, preprocessing)
+    detector = DetectorConfig(checkpoint=args.checkpoint)
+    model = build_detector(detector)
+    adapter = adapter_for(model, detector, 192)
+    preprocessing = adapter.preprocessing
+    exported = export_ir(model, out_dir, adapter)
     calibration = calibration_images(args.calib_dir, args.calib_pool, args.k)
 
     started = time.perf_counter()

@@ -1,6 +1,7 @@
-"""Train the demo detector on the synthetic train split on the CPU, then score it on the eval split.
+"""Train a detector on the synthetic train split on the CPU, then score it on the eval split.
 
     tailcal train-detector --minutes 30 --out models/demo_detector.pt
+    tailcal train-detector --architecture retinanet_resnet50_fpn --input-size 256 --minutes 60
 
 Generates data/detector-train (8,000 frames) and data/detector-eval (500) when absent.
 torch is imported inside the function: `prefect deploy` imports every flow module.
@@ -30,7 +31,9 @@ def _ensure_split(split: str, out_dir: Path, n: int, seed: int, workers: int) ->
 
 def train_detector(
     minutes: float = 30.0,
-    out: Path = Path("models/demo_detector.pt"),
+    architecture: str = "fcos_compact",
+    input_size: int | None = None,
+    out: Path | None = None,
     train_dir: Path = Path("data/detector-train"),
     eval_dir: Path = Path("data/detector-eval"),
     train_images: int = 8000,
@@ -41,14 +44,20 @@ def train_detector(
     workers: int = 2,
     threads: int = 1,
 ) -> dict:
-    """Train the compact FCOS within a wall-clock budget, save the checkpoint, evaluate it in PyTorch.
+    """Train a torchvision detector from scratch within a wall-clock budget, save the checkpoint,
+    evaluate it in PyTorch.
 
     A checkpoint is saved every 5 minutes while training, so a crash loses little. The
-    report (training figures and eval mAP) is written beside the checkpoint as JSON.
+    report (training figures and eval mAP) is written beside the checkpoint as JSON. Use the
+    checkpoint with `detector.architecture` and `detector.checkpoint` (and `detector.input_size`
+    when you set one here).
 
     Args:
         minutes: Wall-clock training budget.
-        out: Checkpoint to write.
+        architecture: Detector family (see the README's "Your own detector").
+        input_size: Square input side in pixels; unset: the family's standard size.
+        out: Checkpoint to write; unset: models/demo_detector.pt for fcos_compact, else
+            models/<architecture>.pt.
         train_dir: Labelled COCO train split (generated when absent).
         eval_dir: Labelled COCO eval split (generated when absent).
         train_images: Frames to generate for a missing train split.
@@ -59,9 +68,11 @@ def train_detector(
         workers: Processes generating the splits.
         threads: torch threads; 1 beats 2 when neighbours share the cores.
     """
+    from pydantic import ValidationError
+
     from tasks.config import DetectorConfig
-    from tasks.detection.model import build_detector, save_checkpoint
-    from tasks.detection.preprocess import Preprocessing
+    from tasks.detection.families import adapter_for, build_detector, family_of, input_size_of, preprocessing_for
+    from tasks.detection.model import save_checkpoint
     from tasks.detection.training import TrainSettings, load_split, train
     from tasks.evaluation.split import load_eval_split
 
@@ -75,11 +86,18 @@ def train_detector(
             f"train-detector: {', '.join(refused + ([f'--seed {seed}'] if seed < 0 else []))} refused: minutes "
             "and lr must be > 0, counts ≥ 1, the seed ≥ 0 (nothing was trained or written)"
         )
+    family = family_of(architecture)  # refused before any data is generated
+    if out is None:
+        out = Path("models/demo_detector.pt" if architecture == "fcos_compact" else f"models/{architecture}.pt")
+    try:
+        config = DetectorConfig(architecture=architecture, input_size=input_size, checkpoint=str(out))
+    except ValidationError as exc:
+        raise ConfigError(f"train-detector: --input-size {input_size} refused: {exc.errors()[0]['msg']}") from None
+    size = input_size_of(config)
     train_split = _ensure_split("train", train_dir, train_images, seed, workers)
     eval_split = _ensure_split("eval", eval_dir, eval_images, seed, workers)
-    config = DetectorConfig(checkpoint=str(out))
     model = build_detector(config, load_checkpoint=False)
-    preprocessing = Preprocessing(config.input_size, config.resize)
+    preprocessing = preprocessing_for(model, size, config.resize)
     split = load_split(train_split, preprocessing, num_classes=config.num_classes)
     # Scored with the labels it is trained on; refused now, not after the training budget is spent.
     scored_on = load_eval_split(eval_split, num_classes=config.num_classes, label_map=split.category_ids)
@@ -89,14 +107,21 @@ def train_detector(
     def checkpoint(m, step):
         save_checkpoint(m, out, {"step": step, "partial": True, "category_ids": list(split.category_ids)})
 
-    result = train(model, split, settings, on_checkpoint=checkpoint)
+    result = train(model, split, settings, on_checkpoint=checkpoint, label_offset=int(family.background))
     metadata = {"steps": result.steps, "wall_s": result.wall_s, "settings": vars(settings)}
     save_checkpoint(model, out, metadata | {"category_ids": list(split.category_ids)})
     # After training: a crash from here on must not lose the weights.
     from tasks.evaluation.evaluate import evaluate_torch
 
-    evaluation = evaluate_torch(build_detector(config), scored_on, preprocessing)
-    report = {"train": vars(result), "settings": vars(settings), "eval": evaluation.as_dict()}
+    trained = build_detector(config)
+    evaluation = evaluate_torch(trained, scored_on, adapter_for(trained, config, size))
+    report = {
+        "architecture": architecture,
+        "input_size": size,
+        "train": vars(result),
+        "settings": vars(settings),
+        "eval": evaluation.as_dict(),
+    }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
 

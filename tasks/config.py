@@ -167,22 +167,61 @@ class SelectionConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    """The detector to quantize: architecture, classes and checkpoint."""
+    """The detector to quantize: a torchvision family and its checkpoint, or an exported model."""
 
-    architecture: str = "fcos_compact"
-    num_classes: int = Field(4, ge=1)
-    input_size: int = Field(192, ge=32, le=2048)
+    architecture: str = Field(
+        "fcos_compact",
+        description="torchvision family: fcos_compact, ssd300_vgg16, ssdlite320_mobilenet_v3_large, "
+        "retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2, fcos_resnet50_fpn, fasterrcnn_mobilenet_v3_large_fpn, "
+        "fasterrcnn_resnet50_fpn_v2. Ignored when `model` is set.",
+    )
+    num_classes: int = Field(4, ge=1, description="Object classes the detector predicts (never counting background).")
+    input_size: int | None = Field(
+        None,
+        ge=32,
+        le=2048,
+        description="Square input side in pixels; unset: the family's standard size (fcos_compact 192, SSD300 300, "
+        "SSDlite 320, the FPN families 800) or an exported model's own input size.",
+    )
     resize: Literal["letterbox", "stretch"] = Field(
         "letterbox",
         description="How images of other sizes are fit to the square input: pad to keep aspect, or stretch.",
     )
-    checkpoint: str = "models/demo_detector.pt"
+    checkpoint: str = Field(
+        "models/demo_detector.pt",
+        description="state_dict of the torchvision family (plain, or under a 'model' key); unused with `model`.",
+    )
+    model: str | None = Field(
+        None, description="An exported detector (.onnx, or OpenVINO .xml with its .bin) instead of a checkpoint."
+    )
+    output_format: Literal["yolov8", "yolov5", "end2end", "boxes_scores_labels"] | None = Field(
+        None,
+        description="Layout of the exported model's outputs: yolov8 (also YOLO11) [1, 4+nc, N]; yolov5 [1, N, 5+nc]; "
+        "end2end [1, N, 6] (x1 y1 x2 y2 score class, NMS inside); boxes_scores_labels (three outputs).",
+    )
+
+    @model_validator(mode="after")
+    def _exported_model_declares_its_layout(self) -> DetectorConfig:
+        if self.model and self.output_format is None:
+            raise ValueError(
+                "detector.model is set but detector.output_format is not: declare the layout of its outputs "
+                "(yolov8, yolov5, end2end or boxes_scores_labels)"
+            )
+        if self.output_format and not self.model:
+            raise ValueError(
+                "detector.output_format is set but detector.model is not: point model at the exported file"
+            )
+        return self
 
 
 class QuantizationConfig(_Strict):
     """NNCF post-training quantization knobs."""
 
-    preset: Literal["performance", "mixed"] = "performance"
+    preset: Literal["performance", "mixed"] | None = Field(
+        None,
+        description="NNCF preset; unset: the detector layout's own (performance for torchvision families, "
+        "mixed for exported YOLO-style models).",
+    )
     range_estimator: RangeEstimator = "MEAN_MINMAX"
     accuracy_control: bool = False
     max_drop: float = Field(0.01, gt=0.0, le=1.0)

@@ -130,7 +130,7 @@ def demo_detector():
     import torch
 
     from tasks.config import DetectorConfig
-    from tasks.detection.model import build_detector
+    from tasks.detection.families import build_detector
     from tests.support import DEMO_CHECKPOINT
 
     torch.set_num_threads(1)
@@ -140,7 +140,10 @@ def demo_detector():
 @pytest.fixture(scope="session")
 def fp16_ir(demo_detector, tmp_path_factory) -> Path:
     """The demo detector exported once as <dir>/detector_fp16.xml (+ .bin)."""
+    from tasks.config import DetectorConfig
     from tasks.detection.export import export_ir
-    from tasks.detection.preprocess import Preprocessing
+    from tasks.detection.families import adapter_for
+    from tests.support import DEMO_CHECKPOINT
 
-    return export_ir(demo_detector, tmp_path_factory.mktemp("fp16-ir"), Preprocessing(192)).xml_path
+    adapter = adapter_for(demo_detector, DetectorConfig(checkpoint=str(DEMO_CHECKPOINT)), 192)
+    return export_ir(demo_detector, tmp_path_factory.mktemp("fp16-ir"), adapter).xml_path

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tasks.config import QuantizationConfig, RangeEstimator
+from tasks.detection.adapter import Adapter
 from tasks.detection.export import ir_path
 from tasks.detection.preprocess import Preprocessing
 from tasks.errors import TailcalError
@@ -102,13 +103,15 @@ def quantize_ir(
     import openvino as ov
 
     model = ov.Core().read_model(str(fp_ir_path))
-    inputs = calibration_inputs(images, Preprocessing.of_model(model))
+    adapter = Adapter.of_model(model, fp_ir_path)
+    inputs = calibration_inputs(images, adapter.preprocessing)
     started = time.perf_counter()
     quantized = nncf.quantize(
         model,
         nncf.Dataset(inputs),
-        preset=_nncf_preset(config.preset),
+        preset=_nncf_preset(config.preset or adapter.decoder.preset),
         subset_size=len(inputs),
+        ignored_scope=_ignored(adapter, model),
         advanced_parameters=_advanced(config.range_estimator),
     )
     xml_path = _save(quantized, ir_path(out_dir, "int8"))
@@ -117,11 +120,11 @@ def quantize_ir(
         "quantized %s on %d images (%s, %s) in %.1f s",
         fp_ir_path.name,
         len(inputs),
-        config.preset,
+        config.preset or adapter.decoder.preset,
         config.range_estimator,
         wall,
     )
-    return QuantizeResult(xml_path, len(inputs), wall, config.preset, config.range_estimator)
+    return QuantizeResult(xml_path, len(inputs), wall, config.preset or adapter.decoder.preset, config.range_estimator)
 
 
 def quantize_ir_with_accuracy_control(
@@ -143,9 +146,10 @@ def quantize_ir_with_accuracy_control(
     from tasks.evaluation.evaluate import map_validation_fn
 
     model = ov.Core().read_model(str(fp_ir_path))
-    preprocessing = Preprocessing.of_model(model)
+    adapter = Adapter.of_model(model, fp_ir_path)
+    preprocessing = adapter.preprocessing
     inputs = calibration_inputs(images, preprocessing)
-    validation_fn = map_validation_fn(validation, preprocessing)
+    validation_fn = map_validation_fn(validation, adapter)
     items = list(zip(validation.image_ids, validation.images, strict=True))
     started = time.perf_counter()
 
@@ -159,14 +163,24 @@ def quantize_ir_with_accuracy_control(
         nncf.Dataset(items, lambda item: preprocessing.batch([item[1]])[0]),
         validation_fn=_validate,
         max_drop=config.max_drop,
-        preset=_nncf_preset(config.preset),
+        preset=_nncf_preset(config.preset or adapter.decoder.preset),
         subset_size=len(inputs),
+        ignored_scope=_ignored(adapter, model),
         advanced_quantization_parameters=_advanced(config.range_estimator),
     )
     xml_path = _save(quantized, ir_path(out_dir, "mixed"))
     wall = time.perf_counter() - started
     logger.info("accuracy-controlled PTQ of %s (max_drop %.3f) in %.1f s", fp_ir_path.name, config.max_drop, wall)
-    return QuantizeResult(xml_path, len(inputs), wall, config.preset, config.range_estimator, accuracy_control=True)
+    preset = config.preset or adapter.decoder.preset
+    return QuantizeResult(xml_path, len(inputs), wall, preset, config.range_estimator, accuracy_control=True)
+
+
+def _ignored(adapter: Adapter, model):
+    """The layout's float subgraph (`Decoder.ignored_scope`) as an NNCF IgnoredScope, or None."""
+    import nncf
+
+    names = adapter.decoder.ignored_scope(model)
+    return nncf.IgnoredScope(names=names, validate=False) if names else None
 
 
 def _save(model, xml_path: Path) -> Path:

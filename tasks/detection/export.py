@@ -1,8 +1,10 @@
 """The detector as OpenVINO IR, and the file names every IR of a run goes by.
 
-The IR holds backbone + head (`RawHeadModel`) with FP16-compressed weights; the INT8 and
-accuracy-controlled IRs are made from it by `tasks.calibration.quantize`, and the
-inference service finds all three by these names.
+`ensure_fp16_ir` turns whatever `detector` config names — a torchvision family and its
+checkpoint, or an exported ONNX/IR model with a declared output layout — into one
+FP16-compressed IR that records its `Adapter` (preprocessing + decoder). The INT8 and
+accuracy-controlled IRs are made from it by `tasks.calibration.quantize`, and the inference
+service finds all three by these names.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.config import DetectorConfig
-from tasks.detection.preprocess import Preprocessing
+from tasks.detection.adapter import Adapter
 
 logger = logging.getLogger(__name__)
 
 Tier = Literal["int8", "mixed", "fp16"]
 # IR stem per precision tier, as the release cycle writes them (each with a .bin beside it).
 IR_STEMS: dict[Tier, str] = {"int8": "detector_int8", "mixed": "detector_int8_ac", "fp16": "detector_fp16"}
+# Part of every export key: a change to what an IR records makes every cached IR stale.
+EXPORT_FORMAT = "adapter-1"
 
 
 def ir_path(directory: Path, tier: Tier) -> Path:
@@ -38,52 +42,82 @@ class ExportResult:
     wall_s: float
 
 
-def export_ir(model, out_dir: Path, preprocessing: Preprocessing) -> ExportResult:
-    """Convert backbone + head of a torchvision FCOS to `<out_dir>/detector_fp16.xml`.
+def export_ir(model, out_dir: Path, adapter: Adapter) -> ExportResult:
+    """Convert the traceable part of a torchvision detector (`families.traceable`) to
+    `<out_dir>/detector_fp16.xml`.
 
-    The IR's input is [N, 3, S, S] with S = `preprocessing.input_size`, and it records the
-    preprocessing contract in its runtime info. Weights are FP16-compressed; this CPU has no
-    native fp16, so the IR runs in f32 (`tasks.detection.runtime` sets the precision hint).
+    The IR's input is [N, 3, S, S] with S = `adapter.preprocessing.input_size`, and it records
+    the adapter in its runtime info. Weights are FP16-compressed; this CPU has no native fp16,
+    so the IR runs in f32 (`tasks.detection.runtime` sets the precision hint).
     """
-    input_size = preprocessing.input_size
     import openvino as ov
     import torch
 
-    from tasks.detection.model import OUTPUT_NAMES, RawHeadModel
+    from tasks.detection.families import traceable
 
+    input_size = adapter.preprocessing.input_size
     started = time.perf_counter()
-    wrapper = RawHeadModel(model).eval()
     example = torch.zeros(1, 3, input_size, input_size)
     with torch.no_grad():
-        ov_model = ov.convert_model(wrapper, example_input=example, input=[(-1, 3, input_size, input_size)])
-    for output, output_name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
-        output.get_tensor().set_names({output_name})
-    preprocessing.write_to(ov_model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xml_path = ir_path(out_dir, "fp16")
-    ov.save_model(ov_model, xml_path, compress_to_fp16=True)
+        ov_model = ov.convert_model(traceable(model), example_input=example, input=[(-1, 3, input_size, input_size)])
+    adapter.write_to(ov_model)
+    xml_path = _save(ov_model, out_dir)
     wall = time.perf_counter() - started
     logger.info("exported %s in %.1f s", xml_path, wall)
     return ExportResult(xml_path=xml_path, input_size=input_size, wall_s=wall)
 
 
+def _save(ov_model, out_dir: Path) -> Path:
+    import openvino as ov
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml_path = ir_path(out_dir, "fp16")
+    ov.save_model(ov_model, xml_path, compress_to_fp16=True)
+    return xml_path
+
+
+def export_key(config: DetectorConfig) -> str:
+    """sha256 (12 hex) of the model file(s) and every detector setting the IR bakes in."""
+    digest = hashlib.sha256(EXPORT_FORMAT.encode())
+    files = [Path(config.model)] if config.model else [Path(config.checkpoint)]
+    if config.model and Path(config.model).suffix == ".xml":
+        files.append(Path(config.model).with_suffix(".bin"))
+    for path in files:
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    settings = (config.architecture, config.output_format, config.num_classes, config.input_size, config.resize)
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()[:12]
+
+
 def ensure_fp16_ir(config: DetectorConfig, models_dir: Path) -> Path:
-    """The FP16 IR of `config`'s checkpoint, exported once into `<models_dir>/<key>/`.
+    """The FP16 IR of the detector `config` names, exported once into `<models_dir>/<export_key>/`.
 
-    The key is the checkpoint's sha256 and the detector settings the IR bakes in
-    (architecture, classes, input size, resize): every run and ablation cell on the same detector
-    reuses it, and changing any of those exports anew. Raises DetectorError when the
-    checkpoint is missing or does not fit the architecture.
+    Every run and ablation cell on the same detector reuses it; changing the model file or
+    any setting the IR bakes in exports anew. Raises DetectorError when the checkpoint or
+    model is missing, does not fit the architecture, or its outputs do not fit the declared
+    `detector.output_format`.
     """
-    from tasks.detection.model import build_detector
+    if config.model:
+        from tasks.detection.exported import import_exported
 
-    model = build_detector(config)  # raises a clear error when the checkpoint is missing
-    digest = hashlib.sha256()
-    with Path(config.checkpoint).open("rb") as handle:
-        digest.update(hashlib.file_digest(handle, "sha256").digest())
-    digest.update(f"{config.architecture}:{config.num_classes}:{config.input_size}:{config.resize}".encode())
-    out_dir = models_dir / digest.hexdigest()[:12]
+        source = Path(config.model)
+        if not source.exists():
+            from tasks.detection.adapter import DetectorError
+
+            raise DetectorError(f"detector.model {source} does not exist: point it at your .onnx or .xml file")
+        out_dir = models_dir / export_key(config)
+        xml_path = ir_path(out_dir, "fp16")
+        if not xml_path.exists():
+            _save(import_exported(config), out_dir)
+        return xml_path
+
+    from tasks.detection.families import adapter_for, build_detector, input_size_of
+
+    model = build_detector(config)  # raises a clear error when the checkpoint is missing or does not fit
+    out_dir = models_dir / export_key(config)
     xml_path = ir_path(out_dir, "fp16")
     if not xml_path.exists():
-        export_ir(model, out_dir, Preprocessing(config.input_size, config.resize))
+        size = input_size_of(config)
+        export_ir(model, out_dir, adapter_for(model, config, size))
     return xml_path

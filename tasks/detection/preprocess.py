@@ -25,8 +25,6 @@ from tasks.imaging import decode_rgb
 # Synthetic frames are grey-ish metal/fabric/boards: ImageNet statistics would be no better.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.25, 0.25, 0.25)
-# Letterbox padding at the normalisation mean: it reads as 0 after normalising.
-PAD_VALUE = 128
 Resize = Literal["letterbox", "stretch"]
 _RT_INFO = ("tailcal", "preprocessing")
 
@@ -76,12 +74,20 @@ class Preprocessing:
     resize: Resize = "letterbox"
     mean: tuple[float, float, float] = IMAGE_MEAN
     std: tuple[float, float, float] = IMAGE_STD
+    # Letterbox padding colour; unset, the normalisation mean (it reads as 0 after normalising,
+    # as torchvision's zero padding of a normalised batch does). YOLO exports pad with 114.
+    pad: tuple[int, int, int] | None = None
+
+    @property
+    def pad_color(self) -> tuple[int, int, int]:
+        """The letterbox padding as uint8 RGB."""
+        return self.pad or tuple(round(m * 255) for m in self.mean)  # type: ignore[return-value]
 
     def fit(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
         """uint8 RGB [H, W, 3] of any size → uint8 [S, S, 3] and where its pixels went.
 
         An image already S × S is passed through untouched. Letterbox scales by
-        min(S/W, S/H) and centres the result on `PAD_VALUE`; stretch scales each axis to S.
+        min(S/W, S/H) and centres the result on `pad_color`; stretch scales each axis to S.
         """
         size = self.input_size
         height, width = image.shape[:2]
@@ -94,7 +100,8 @@ class Preprocessing:
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
         left, top = (size - new_w) // 2, (size - new_h) // 2
-        canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
+        canvas = np.empty((size, size, 3), np.uint8)
+        canvas[:] = self.pad_color
         canvas[top : top + new_h, left : left + new_w] = resized
         return canvas, Placement(new_w / width, new_h / height, float(left), float(top), width, height)
 
@@ -113,6 +120,8 @@ class Preprocessing:
         model.set_rt_info(self.resize, [*_RT_INFO, "resize"])
         model.set_rt_info(" ".join(map(str, self.mean)), [*_RT_INFO, "mean"])
         model.set_rt_info(" ".join(map(str, self.std)), [*_RT_INFO, "std"])
+        if self.pad is not None:
+            model.set_rt_info(" ".join(map(str, self.pad)), [*_RT_INFO, "pad"])
 
     @classmethod
     def of_model(cls, model) -> Preprocessing:
@@ -125,9 +134,11 @@ class Preprocessing:
         def read(key: str) -> str:
             return str(model.get_rt_info([*_RT_INFO, key]).astype(str))
 
+        pad = tuple(int(v) for v in read("pad").split()) if model.has_rt_info([*_RT_INFO, "pad"]) else None
         return cls(
             size,
             read("resize"),  # type: ignore[arg-type]
             tuple(float(v) for v in read("mean").split()),  # type: ignore[arg-type]
             tuple(float(v) for v in read("std").split()),  # type: ignore[arg-type]
+            pad,  # type: ignore[arg-type]
         )

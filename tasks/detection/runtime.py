@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams, decode_batch
-from tasks.detection.preprocess import Placement, Preprocessing
+from tasks.detection.adapter import Adapter
+from tasks.detection.postprocess import Detections
+from tasks.detection.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +32,18 @@ class Speed:
 
 @dataclass(frozen=True)
 class CompiledDetector:
-    """A compiled IR and the preprocessing contract it was exported with."""
+    """A compiled IR and the adapter (preprocessing + decoder) it was exported with."""
 
     compiled: object  # openvino.CompiledModel
-    preprocessing: Preprocessing
+    adapter: Adapter
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.adapter.preprocessing
 
 
 def load_detector(ir_path: Path, hint: str = "LATENCY", threads: int | None = None) -> CompiledDetector:
-    """The IR compiled for the CPU (f32 precision hint, the given performance hint), with its contract."""
+    """The IR compiled for the CPU (f32 precision hint, the given performance hint), with its adapter."""
     import openvino as ov
 
     core = ov.Core()
@@ -46,7 +51,15 @@ def load_detector(ir_path: Path, hint: str = "LATENCY", threads: int | None = No
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return CompiledDetector(core.compile_model(model, "CPU", config), Preprocessing.of_model(model))
+    adapter = Adapter.of_model(model, ir_path)
+    return CompiledDetector(core.compile_model(model, "CPU", config), adapter)
+
+
+def adapter_of(ir_path: Path) -> Adapter:
+    """The adapter an IR records (see `Adapter.of_model`)."""
+    import openvino as ov
+
+    return Adapter.of_model(ov.Core().read_model(str(ir_path)), ir_path)
 
 
 def preprocessing_of(ir_path: Path) -> Preprocessing:
@@ -56,45 +69,20 @@ def preprocessing_of(ir_path: Path) -> Preprocessing:
     return Preprocessing.of_model(ov.Core().read_model(str(ir_path)))
 
 
-def raw_outputs(compiled, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalized float32 [N,3,H,W] → the three head tensors, in OUTPUT_NAMES order."""
+def raw_outputs(compiled, batch: np.ndarray) -> list[np.ndarray]:
+    """Normalised float32 [N, 3, S, S] → the IR's output tensors, in its output order. An IR
+    whose batch is fixed at 1 (some exports bake it in) runs image by image."""
+    if batch.shape[0] > 1 and compiled.inputs[0].get_partial_shape()[0].is_static:
+        per_image = [raw_outputs(compiled, batch[i : i + 1]) for i in range(batch.shape[0])]
+        return [np.concatenate(parts) for parts in zip(*per_image, strict=True)]
     result = compiled(batch)
-    return tuple(result[output] for output in compiled.outputs)  # type: ignore[return-value]
+    return [result[output] for output in compiled.outputs]
 
 
-def detect(
-    compiled,
-    images: list[np.ndarray],
-    preprocessing: Preprocessing,
-    batch_size: int = 16,
-    params: PostprocessParams = DEFAULT_PARAMS,
-) -> list[Detections]:
-    """uint8 RGB images of any sizes → detections in each image's own pixels, via the shared
-    pre/post-processing. `compiled` is a compiled IR (NNCF hands its own to validation)."""
-    return detect_with(lambda batch: raw_outputs(compiled, batch), images, preprocessing, batch_size, params)
-
-
-def detect_with(
-    heads: Callable[[np.ndarray], Sequence],
-    images: Sequence[np.ndarray],
-    preprocessing: Preprocessing,
-    batch_size: int = 16,
-    params: PostprocessParams = DEFAULT_PARAMS,
-) -> list[Detections]:
-    """The one path from images to detections for every runner (an IR, PyTorch, a serving
-    request): fit each image to the input, `heads(batch)` → the three head tensors, decode,
-    and map the boxes back to each image's own pixels."""
-    detections: list[Detections] = []
-    for start in range(0, len(images), batch_size):
-        batch, placements = preprocessing.batch(images[start : start + batch_size])
-        decoded = decode_batch(*heads(batch), preprocessing.input_size, params)
-        detections.extend(to_original(found, placement) for found, placement in zip(decoded, placements, strict=True))
-    return detections
-
-
-def to_original(detections: Detections, placement: Placement) -> Detections:
-    """Detections in input pixels → the original image's pixels."""
-    return Detections(placement.to_original(detections.boxes), detections.scores, detections.labels)
+def detect(detector: CompiledDetector, images: Sequence[np.ndarray | bytes], batch_size: int = 16) -> list[Detections]:
+    """Images (uint8 RGB arrays or encoded bytes, any sizes) → detections in each image's own
+    pixels, through the IR's adapter."""
+    return detector.adapter.detect_with(lambda batch: raw_outputs(detector.compiled, batch), images, batch_size)
 
 
 def measure_speed(ir_path: Path, image: np.ndarray, iterations: int = 50, parallel_images: int = 64) -> Speed:

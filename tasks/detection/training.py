@@ -1,4 +1,5 @@
-"""Train the compact FCOS on a labelled COCO split, on the CPU, within a wall-clock budget.
+"""Train a torchvision detector (any family in `tasks.detection.families`) on a labelled COCO split,
+on the CPU, within a wall-clock budget.
 
 The learning-rate schedule runs on the fraction of the time budget used, not on a step
 count: the CPU is shared, steps per minute vary several-fold between runs, and a
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.models.detection import FCOS
+from torch import nn
 
 from tasks.detection.labels import resolve_category_ids, split_categories
 from tasks.detection.preprocess import Preprocessing
@@ -134,13 +135,18 @@ def _flip_batch(images: torch.Tensor, boxes: list[torch.Tensor], rng: np.random.
 
 
 def train(
-    model: FCOS,
+    model: nn.Module,
     split: LabelledSplit,
     settings: TrainSettings = TrainSettings(),
-    on_checkpoint: Callable[[FCOS, int], None] | None = None,
+    on_checkpoint: Callable[[nn.Module, int], None] | None = None,
     checkpoint_every_s: float = 300.0,
+    label_offset: int = 0,
 ) -> TrainResult:
-    """AdamW with linear warm-up then cosine decay over the time budget; random h/v flips."""
+    """AdamW with linear warm-up then cosine decay over the time budget; random h/v flips.
+
+    `model` is a torchvision detector in its own training mode (`model(images, targets)` →
+    losses). `label_offset` is 1 for the families whose logit 0 is background (SSD, Faster
+    R-CNN): split label i trains logit i + 1."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -153,7 +159,7 @@ def train(
     )
     images_u8 = torch.from_numpy(split.images).permute(0, 3, 1, 2)
     boxes = [torch.from_numpy(b) for b in split.boxes]
-    labels = [torch.from_numpy(lab) for lab in split.labels]
+    labels = [torch.from_numpy(lab) + label_offset for lab in split.labels]
     started = time.perf_counter()
     last_checkpoint = started
     step, loss_value, order = 0, float("nan"), np.empty(0, np.int64)

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tasks.config import EvaluationConfig
-from tasks.detection.postprocess import DEFAULT_PARAMS, Detections, PostprocessParams
-from tasks.detection.preprocess import Preprocessing
+from tasks.detection.postprocess import Detections
 from tasks.evaluation.coco import coco_map
 from tasks.evaluation.split import EvalSplit
 
 if TYPE_CHECKING:
+    from tasks.detection.adapter import Adapter
     from tasks.detection.runtime import Speed
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def evaluate_ir(ir_path: Path, split: EvalSplit, config: EvaluationConfig, measu
     from tasks.detection import runtime
 
     detector = runtime.load_detector(ir_path)
-    detections = runtime.detect(detector.compiled, split.images, detector.preprocessing)
+    detections = runtime.detect(detector, split.images)
     speed = {}
     if measure_speed:
         measured = runtime.measure_speed(ir_path, split.images[0], iterations=config.latency_iterations)
@@ -109,17 +109,15 @@ def with_speed(result: EvalResult, speed: Speed) -> EvalResult:
     return replace(result, latency_ms=speed.latency_ms, throughput_ips=speed.throughput_ips)
 
 
-def map_validation_fn(
-    split: EvalSplit, preprocessing: Preprocessing
-) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
+def map_validation_fn(split: EvalSplit, adapter: Adapter) -> Callable[[object, list[tuple[int, np.ndarray]]], float]:
     """mAP@[.5:.95] of a compiled IR on whichever (image id, image) items it is given: NNCF's validation_fn."""
-    from tasks.detection.runtime import detect
+    from tasks.detection.runtime import raw_outputs
 
     coco, category_ids = split.coco, split.category_ids
 
     def validate(compiled_model, items: list[tuple[int, np.ndarray]]) -> float:
         ids = [image_id for image_id, _ in items]
-        detections = detect(compiled_model, [image for _, image in items], preprocessing)
+        detections = adapter.detect_with(lambda batch: raw_outputs(compiled_model, batch), [i for _, i in items])
         wanted = set(ids)
         subset = dict(coco)
         subset["images"] = [img for img in coco["images"] if img["id"] in wanted]
@@ -129,28 +127,21 @@ def map_validation_fn(
     return validate
 
 
-def torch_detect(
-    model,
-    images: list[np.ndarray],
-    preprocessing: Preprocessing,
-    batch_size: int = 32,
-    params: PostprocessParams = DEFAULT_PARAMS,
-) -> list[Detections]:
-    """PyTorch backbone + head, then the same pre/post-processing as the IRs."""
+def torch_detect(model, images: Sequence[np.ndarray], adapter: Adapter, batch_size: int = 32) -> list[Detections]:
+    """The IR's traceable part run in PyTorch, then the same adapter (pre/post-processing) as the IRs."""
     import torch
 
-    from tasks.detection.model import RawHeadModel
-    from tasks.detection.runtime import detect_with
+    from tasks.detection.families import traceable
 
-    wrapper = RawHeadModel(model).eval()
+    part = traceable(model)
 
-    def heads(batch: np.ndarray) -> list[np.ndarray]:
-        return [output.numpy() for output in wrapper(torch.from_numpy(batch))]
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        return [output.numpy() for output in part(torch.from_numpy(batch))]
 
     with torch.no_grad():
-        return detect_with(heads, images, preprocessing, batch_size, params)
+        return adapter.detect_with(run, images, batch_size)
 
 
-def evaluate_torch(model, split: EvalSplit, preprocessing: Preprocessing) -> EvalResult:
+def evaluate_torch(model, split: EvalSplit, adapter: Adapter) -> EvalResult:
     """mAP of the PyTorch model (no speed: the IRs are what ships)."""
-    return _result(split, torch_detect(model, split.images, preprocessing))
+    return _result(split, torch_detect(model, split.images, adapter))

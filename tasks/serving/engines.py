@@ -75,17 +75,15 @@ class OpenVinoEngine:
             detector = load_detector(ir_path, hint="LATENCY", threads=threads)
         except RuntimeError as exc:
             raise ServingError(f"cannot compile {ir_path}: {exc}") from exc
-        self.compiled, self.preprocessing = detector.compiled, detector.preprocessing
-        self.input_size = self.preprocessing.input_size
+        self.compiled, self.adapter = detector.compiled, detector.adapter
+        self.input_size = self.adapter.preprocessing.input_size
         self._requests: queue.Queue = queue.Queue()
         for _ in range(requests):
             self._requests.put(self.compiled.create_infer_request())
 
     def infer(self, image: np.ndarray) -> Detections:
         """uint8 RGB of any size → detections in its own pixels (the IR's preprocessing contract)."""
-        from tasks.detection.runtime import detect_with
-
-        return detect_with(self._heads, [image], self.preprocessing)[0]
+        return self.adapter.detect_with(self._heads, [image])[0]
 
     def _heads(self, batch: np.ndarray) -> list[np.ndarray]:
         request = self._requests.get()

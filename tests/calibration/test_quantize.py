@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from tasks.calibration.quantize import QuantizationError, quantize, quantize_ir, quantize_ir_with_accuracy_control
 from tasks.config import EvaluationConfig, QuantizationConfig
-from tasks.detection.model import RawHeadModel
+from tasks.detection.families import traceable
 from tasks.detection.preprocess import preprocess
 from tasks.detection.runtime import detect, load_detector, raw_outputs
 from tasks.evaluation.evaluate import evaluate_ir, torch_detect
@@ -28,14 +28,14 @@ def test_fp16_ir_matches_pytorch(demo_detector, fp16_ir, split):
     images = split.images
     batch = preprocess(images[:4])
     with torch.no_grad():
-        expected = [t.numpy() for t in RawHeadModel(demo_detector)(torch.from_numpy(batch))]
+        expected = [t.numpy() for t in traceable(demo_detector)(torch.from_numpy(batch))]
     got = raw_outputs(load_detector(fp16_ir).compiled, batch)
     # BatchNorm is folded into the convs before FP16 compression, so weights round once more: ~1e-2 abs.
-    for name, want, have in zip(("cls", "reg", "ctr"), expected, got, strict=True):
+    for name, want, have in zip(("ctr", "reg", "cls"), expected, got, strict=True):
         assert np.abs(want - have).max() < 5e-2, f"{name} head differs by {np.abs(want - have).max()}"
     detector = load_detector(fp16_ir)
-    torch_dets = torch_detect(demo_detector, images, detector.preprocessing)
-    ir_dets = detect(detector.compiled, images, detector.preprocessing)
+    torch_dets = torch_detect(demo_detector, images, detector.adapter)
+    ir_dets = detect(detector, images)
     for want, have in zip(torch_dets, ir_dets, strict=True):
         confident = want.scores > 0.3
         n = int(confident.sum())
@@ -52,9 +52,7 @@ def test_int8_ir_is_calibrated_on_exactly_k_images(fp16_ir, split, tmp_path):
     kinds = {op.get_type_name() for op in ov.Core().read_model(str(result.int8_ir_path)).get_ops()}
     assert "FakeQuantize" in kinds, "the INT8 IR holds quantizers"
     int8 = load_detector(result.int8_ir_path)
-    assert len(detect(int8.compiled, split.images[:2], int8.preprocessing)) == 2, (
-        "INT8 IR runs through the shared decoder"
-    )
+    assert len(detect(int8, split.images[:2])) == 2, "INT8 IR runs through the shared decoder"
 
 
 def test_range_estimators_give_different_ranges(fp16_ir, eval_split, tmp_path):

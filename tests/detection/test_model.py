@@ -1,13 +1,12 @@
-"""The detector's build/checkpoint contract and the shared decoder agreeing with torchvision."""
+"""The detector's build and checkpoint contract."""
 
-import numpy as np
 import pytest
 import torch
-from torchvision.models.detection.image_list import ImageList
 
 from tasks.config import DetectorConfig
-from tasks.detection.model import DetectorError, build_detector, save_checkpoint
-from tasks.detection.postprocess import PostprocessParams, anchors_for, decode_batch, level_sizes
+from tasks.detection.adapter import DetectorError
+from tasks.detection.families import build_detector
+from tasks.detection.model import save_checkpoint
 
 pytestmark = pytest.mark.unit
 
@@ -16,38 +15,6 @@ pytestmark = pytest.mark.unit
 def model():
     torch.manual_seed(0)
     return build_detector(DetectorConfig(), load_checkpoint=False).eval()
-
-
-def test_anchors_match_torchvisions_generator(model):
-    # given a 192-px batch, when torchvision generates FCOS anchors, then ours are identical
-    images = torch.zeros(1, 3, 192, 192)
-    features = list(model.backbone(images).values())
-    expected = model.anchor_generator(ImageList(images, [(192, 192)]), features)[0]
-    assert torch.equal(anchors_for(192), expected), "shared decoder's anchors differ from torchvision's"
-    assert sum(level_sizes(192)) == expected.shape[0], "level sizes must add up to the anchor count"
-
-
-def test_shared_decoder_matches_torchvision_postprocess(model):
-    # given random head outputs, when both decoders run, then boxes, scores and labels agree
-    generator = torch.Generator().manual_seed(1)
-    n_anchors = anchors_for(192).shape[0]
-    logits = torch.randn(2, n_anchors, 4, generator=generator) - 1.0
-    regression = torch.rand(2, n_anchors, 4, generator=generator) * 4
-    ctrness = torch.randn(2, n_anchors, 1, generator=generator)
-    splits = level_sizes(192)
-    head = {
-        "cls_logits": list(logits.split(splits, dim=1)),
-        "bbox_regression": list(regression.split(splits, dim=1)),
-        "bbox_ctrness": list(ctrness.split(splits, dim=1)),
-    }
-    anchors = [list(anchors_for(192).split(splits))] * 2
-    expected = model.postprocess_detections(head, anchors, [(192, 192)] * 2)
-    ours = decode_batch(logits.numpy(), regression.numpy(), ctrness.numpy(), 192, PostprocessParams())
-    for want, got in zip(expected, ours, strict=True):
-        assert len(got.boxes) == len(want["boxes"]) > 0, "detection counts differ"
-        np.testing.assert_allclose(got.boxes, want["boxes"].numpy(), atol=1e-4, err_msg="boxes differ")
-        np.testing.assert_allclose(got.scores, want["scores"].numpy(), atol=1e-6, err_msg="scores differ")
-        np.testing.assert_array_equal(got.labels, want["labels"].numpy(), err_msg="labels differ")
 
 
 def test_unknown_architecture_names_the_known_ones():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.config import DetectorConfig, SyntheticConfig
-from tasks.detection.model import build_detector
+from tasks.detection.families import build_detector
 from tasks.detection.preprocess import Preprocessing
 from tasks.detection.training import TrainSettings, _flip_batch, load_split, train
 from tasks.synth.write import write_labelled_split

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from tasks.config import DetectorConfig
+from tasks.detection.families import build_detector
 from tasks.detection.labels import CategoryMapError
-from tasks.detection.model import build_detector
 from tasks.detection.postprocess import Detections
 from tasks.detection.preprocess import Preprocessing
 from tasks.detection.training import TrainSettings, load_split, train
