@@ -86,11 +86,14 @@ class _LayoutDecoder:
     def expected(self) -> str:
         raise NotImplementedError
 
-    def check(self, shapes: Sequence[Sequence[int]]) -> None:
-        """Raises DetectorError unless the output shapes (batch 1) fit this layout and class count."""
+    def fits(self, shapes: Sequence[Sequence[int]]) -> bool:
+        """Whether output shapes (batch 1) fit this layout and class count."""
         raise NotImplementedError
 
-    def _refuse(self, shapes: Sequence[Sequence[int]]) -> None:
+    def check(self, shapes: Sequence[Sequence[int]]) -> None:
+        """Raises DetectorError, naming the expected and the real shapes, unless they fit."""
+        if self.fits(shapes):
+            return
         found = ", ".join(str(list(s)) for s in shapes)
         raise DetectorError(
             f"detector.output_format {self.kind!r} with detector.num_classes {self.num_labels} expects "
@@ -104,9 +107,8 @@ class Yolov8Decoder(_LayoutDecoder):
     def expected(self) -> str:
         return f"one output [1, {4 + self.num_labels}, N] (4 box values + {self.num_labels} class scores per column)"
 
-    def check(self, shapes):
-        if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][1] != 4 + self.num_labels:
-            self._refuse(shapes)
+    def fits(self, shapes):
+        return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][1] == 4 + self.num_labels
 
     def decode(self, outputs):
         results = []
@@ -126,9 +128,8 @@ class Yolov5Decoder(_LayoutDecoder):
         nc = self.num_labels
         return f"one output [1, N, {5 + nc}] (4 box values, objectness, {nc} class scores per row)"
 
-    def check(self, shapes):
-        if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][2] != 5 + self.num_labels:
-            self._refuse(shapes)
+    def fits(self, shapes):
+        return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][2] == 5 + self.num_labels
 
     def decode(self, outputs):
         results = []
@@ -146,9 +147,8 @@ class End2EndDecoder(_LayoutDecoder):
     def expected(self) -> str:
         return "one output [1, N, 6] (x1, y1, x2, y2, score, class per row)"
 
-    def check(self, shapes):
-        if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][2] != 6:
-            self._refuse(shapes)
+    def fits(self, shapes):
+        return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][2] == 6
 
     def decode(self, outputs):
         results = []
@@ -171,9 +171,8 @@ class BoxesScoresLabelsDecoder(End2EndDecoder):
     def expected(self) -> str:
         return "three outputs: boxes [1, N, 4], scores [1, N], labels [1, N] (in any order)"
 
-    def check(self, shapes):
-        if len(shapes) != 3 or sorted(len(s) for s in shapes) != [2, 2, 3] or self._order(shapes) is None:
-            self._refuse(shapes)
+    def fits(self, shapes):
+        return len(shapes) == 3 and self._order(shapes) is not None
 
     @staticmethod
     def _order(shapes) -> tuple[int, int, int] | None:
@@ -202,13 +201,7 @@ LAYOUTS = {d.kind: d for d in (Yolov8Decoder, Yolov5Decoder, End2EndDecoder, Box
 
 def _guess(shapes: Sequence[Sequence[int]], num_classes: int) -> str:
     """A hint at what the outputs look like, when one layout fits them."""
-    fits = []
-    for kind, decoder in LAYOUTS.items():
-        try:
-            decoder(num_classes).check(shapes)
-        except DetectorError:
-            continue
-        fits.append(kind)
+    fits = [kind for kind, decoder in LAYOUTS.items() if decoder(num_classes).fits(shapes)]
     if fits:
         return f", which fits {' or '.join(repr(k) for k in fits)}: set detector.output_format to it"
     if len(shapes) == 1 and len(shapes[0]) == 3:
@@ -273,10 +266,17 @@ def import_exported(config: DetectorConfig):
         raise DetectorError(
             f"detector.input_size {config.input_size} contradicts {path}'s fixed {size} px input: unset input_size"
         )
-    try:  # a dynamic batch lets tailcal run batches; an export with the batch baked in keeps batch 1
-        model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, size, size])})
-    except RuntimeError:
-        model.reshape({model.inputs[0]: ov.PartialShape([1, 3, size, size])})
+    # The batch stays what the exporter made it: a traced graph often bakes batch 1 into its
+    # reshapes, which a dynamic batch would only reveal at inference. Batch 1 runs image by image.
+    batch = -1 if shape[0].is_dynamic else shape[0].get_length()
+    try:
+        model.reshape({model.inputs[0]: ov.PartialShape([batch, 3, size, size])})
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise DetectorError(
+            f"detector.model {path} cannot run at {size}×{size} px ({first}): its input size is dynamic but its "
+            "graph is not; set detector.input_size to the size it was exported for"
+        ) from None
     decoder = LAYOUTS[config.output_format or ""](config.num_classes)
     decoder.check([[d.get_length() if d.is_static else 1 for d in out.get_partial_shape()] for out in model.outputs])
     preprocessing = Preprocessing(size, config.resize, **YOLO_PREPROCESSING)  # type: ignore[arg-type]
