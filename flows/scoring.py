@@ -8,7 +8,7 @@ module hands it `score_shard.submit` as the way to run a shard, and a progress a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +91,69 @@ def scoring_services(config: TailcalConfig, env: RuntimeEnv) -> Iterator[Scoring
         yield ScoringServices(redis, api_base, session)
 
 
+@contextmanager
+def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[Callable]:
+    """`submit(parameters) → future` for `score-shard`: on the flow's own thread pool, or with
+    `scoring.runner: dask` on prefect-dask's DaskTaskRunner — the scheduler at
+    TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes started here
+    and stopped when scoring ends.
+
+    Each worker process opens its own scoring session (event loop, `gateway.concurrency`
+    calls in flight); the score cache, the budget ledger and the rpm limit live in Redis, so
+    they bind across every process. A remote scheduler's workers cannot reach this
+    machine's embedded Valkey or loopback reference scorer: that is refused (ConfigError)."""
+    if config.scoring.runner == "threads":
+        yield lambda parameters: score_shard.submit(**parameters)
+        return
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.errors import ConfigError
+
+    address = env.tailcal_dask_address
+    if address:
+        loopback = [
+            name
+            for name, local in (("Redis", services.redis.embedded), ("gateway", config.gateway.url == "embedded"))
+            if local
+        ]
+        if loopback:
+            raise ConfigError(
+                f"scoring.runner: dask with TAILCAL_DASK_ADDRESS={address} needs services its workers can reach, "
+                f"but the {' and '.join(loopback)} here {'are' if len(loopback) > 1 else 'is'} embedded in this "
+                "process: set REDIS_URL and gateway.url to shared servers, or unset TAILCAL_DASK_ADDRESS for a "
+                "local cluster"
+            )
+        runner = DaskTaskRunner(address=address)
+    else:
+        workers = config.scoring.dask_workers
+        # One thread per worker: a shard is already concurrent inside (its own event loop).
+        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+        runner = DaskTaskRunner(cluster_kwargs=cluster | {"env": _worker_environment()})
+    get_run_logger().info(
+        "scoring shards on Dask: %s", address or f"a local cluster of {config.scoring.dask_workers} processes"
+    )
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would drown the run's own
+    with runner:
+        yield lambda parameters: runner.submit(score_shard, parameters)
+
+
+def _worker_environment() -> dict[str, str]:
+    """What a local Dask worker process needs to report to this run's Prefect API (the server
+    configured, or the ephemeral one this process started — else each worker would start its
+    own) and to import litellm offline."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    url = settings.api.url
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        url = SubprocessASGIServer().api_url  # the ephemeral server of this process, already running
+    return {"PREFECT_API_URL": str(url), "PREFECT_HOME": str(settings.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+
+
 @dataclass(frozen=True)
 class ScoredPool:
     """Scoring's outcome and where its scores.parquet went."""
@@ -128,24 +191,34 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
         embedded_url = services.redis.url if services.redis.embedded else None
         progress = create_progress_artifact(0.0, description=f"scoring {report.rows_expected} candidates")
 
-        def run_shard(index: int, shard: list[Candidate]):
-            log_path = log_dir / f"shard-{index:05d}.parquet"
-            return score_shard.submit(session.setup, embedded_url, services.api_base, session.template, shard, log_path)
-
         def forecast(sample: list[Candidate]) -> CostForecast:
             predicted = forecast_cost(session, sample, report.rows_expected)
             logger.info(predicted.describe())
             return predicted
 
-        outcome = score_pool(
-            batches,
-            report,
-            config.scoring.passes,
-            config.scoring.shard_size,
-            run_shard,
-            forecast=forecast,
-            on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
-        )
+        with shard_runner(config, env, services) as submit:
+
+            def run_shard(index: int, shard: list[Candidate]):
+                log_path = log_dir / f"shard-{index:05d}.parquet"
+                parameters = {
+                    "setup": session.setup,
+                    "embedded_redis_url": embedded_url,
+                    "api_base": services.api_base,
+                    "template": session.template,
+                    "candidates": shard,
+                    "log_path": log_path,
+                }
+                return submit(parameters)
+
+            outcome = score_pool(
+                batches,
+                report,
+                config.scoring.passes,
+                config.scoring.shard_size,
+                run_shard,
+                forecast=forecast,
+                on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     scores_path = run_dir / "scores.parquet"
     pq.write_table(outcome.scores, scores_path)

@@ -149,6 +149,12 @@ class ScoringConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     shard_size: int = Field(512, ge=16, le=4096)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on 127.0.0.1.")
+    runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where shards run: threads of the flow's process, or Dask worker processes (the scheduler at "
+        "TAILCAL_DASK_ADDRESS, else a local cluster of `dask_workers` processes).",
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local Dask cluster.")
 
 
 class SelectionConfig(_Strict):
@@ -361,6 +367,7 @@ class RuntimeEnv(BaseSettings):
     redis_url: SecretStr | None = None
     mlflow_tracking_uri: str | None = None
     tailcal_s3_endpoint: str | None = None
+    tailcal_dask_address: str | None = None  # a Dask scheduler (tcp://host:8786) for scoring.runner: dask
 
 
 @dataclass(frozen=True)
