@@ -21,6 +21,10 @@ from tasks.errors import ConfigError
 from tasks.redaction import mask_url
 
 SelectionStrategy = Literal["topk", "random", "stratified", "hard_tail_mix", "coverage"]
+# Capture conditions of the synthetic benchmark (tasks/synth/render.py draws them in this order).
+SyntheticCondition = Literal[
+    "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
+]
 RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
 
 # Keys people paste into YAML by habit; the error points them at the environment instead.
@@ -32,7 +36,8 @@ class _Strict(BaseModel):
 
 
 class SyntheticConfig(_Strict):
-    """Sizes and seed of the generated industrial-defect benchmark (the offline default data)."""
+    """Sizes, seed, pool order and condition mixes of the generated industrial-defect benchmark
+    (the offline default data). `tasks/synth/schedule.py` describes the `runs` ordering."""
 
     seed: int = Field(0, ge=0, description="numpy seeds are non-negative.")
     image_size: int = Field(192, ge=64, le=1024)
@@ -42,6 +47,43 @@ class SyntheticConfig(_Strict):
     pool_image_mode: Literal["inline", "uri"] = "inline"
     burst_probability: float = Field(0.25, ge=0.0, le=1.0)
     max_burst: int = Field(5, ge=2, le=64)
+    ordering: Literal["iid", "runs"] = Field(
+        "iid",
+        description="How the pool's conditions follow capture time: `iid` draws each scene's condition on its "
+        "own; `runs` gives each line runs of one condition (a dirty lens, a line running fast) and makes "
+        "`shared_conditions` hit every line at once (a night shift's failed lighting), with ids that name the "
+        "line and scene, as camera frames are named.",
+    )
+    run_length: float = Field(40.0, ge=1.0, description="runs: mean scenes per line in one condition run.")
+    shared_conditions: list[SyntheticCondition] = Field(
+        ["low_light", "overexposure"],
+        description="runs: conditions that hit every line at once; the others run on one line at a time.",
+    )
+    scene_interval_s: float = Field(
+        2.0, gt=0.0, le=86_400.0, description="Seconds of capture time between consecutive scenes (all lines)."
+    )
+    conditions: dict[SyntheticCondition, float] | None = Field(
+        None,
+        description="The pool's (and train split's) condition mix as weights, normalised; a condition left out "
+        "does not occur. Unset: the built-in long tail (normal 58 %, …, occlusion 4 %).",
+    )
+    eval_conditions: dict[SyntheticCondition, float] | None = Field(
+        None,
+        description="The eval split's condition mix (production's), as weights; unset: the pool's mix. "
+        "Production often sees the hard conditions far more often than the archive pool does.",
+    )
+
+    @field_validator("conditions", "eval_conditions")
+    @classmethod
+    def _weights_make_a_mix(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is None:
+            return None
+        negative = sorted(name for name, w in weights.items() if not w >= 0.0)  # `not >=` also catches NaN
+        if negative:
+            raise ValueError(f"weights of {negative} are negative or NaN: give each condition a weight ≥ 0")
+        if sum(weights.values()) <= 0.0:
+            raise ValueError("the weights sum to 0: give at least one condition a positive weight")
+        return weights
 
 
 class DataConfig(_Strict):
