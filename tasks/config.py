@@ -20,7 +20,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.errors import ConfigError
 from tasks.redaction import mask_url
 
-SelectionStrategy = Literal["topk", "random", "stratified", "hard_tail_mix", "coverage"]
+SelectionStrategy = Literal["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
+# How stratified sampling groups the pool: by its condition column, or by the VLM's factor tags.
+Grouping = Literal["auto", "condition", "factors"]
 # Capture conditions of the synthetic benchmark (tasks/synth/render.py draws them in this order).
 SyntheticCondition = Literal[
     "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
@@ -205,6 +207,12 @@ class SelectionConfig(_Strict):
         ge=0.0,
         lt=0.5,
         description="coverage targets each layer's [q, 1−q] quantile range of per-image min/max; 0 = full range.",
+    )
+    grouping: Grouping = Field(
+        "auto",
+        description="Strata of stratified sampling: `condition` (the pool's condition column), `factors` (the "
+        "VLM's factor tags; each image in its rarest tag's stratum) or `auto` (condition when any candidate "
+        "has one, else factors).",
     )
 
 
