@@ -23,6 +23,8 @@ from tasks.redaction import mask_url
 SelectionStrategy = Literal["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
 # How stratified sampling groups the pool: by its condition column, or by the VLM's factor tags.
 Grouping = Literal["auto", "condition", "factors"]
+# The strategies that group the pool (stratified sampling or a stratified fill).
+GroupingStrategy = Literal["stratified", "hard_tail_mix", "coverage"]
 # Capture conditions of the synthetic benchmark (tasks/synth/render.py draws them in this order).
 SyntheticCondition = Literal[
     "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
@@ -214,6 +216,17 @@ class SelectionConfig(_Strict):
         "VLM's factor tags; each image in its rarest tag's stratum) or `auto` (condition when any candidate "
         "has one, else factors).",
     )
+    ablation_factor_rows: list[GroupingStrategy] = Field(
+        [],
+        description="`tailcal ablate` only: strategies run once more with grouping `factors`, the condition "
+        "column ignored as if the pool had none; their rows read `<strategy>[factors]`. Only strategies that "
+        "group the pool: for the others such a row would repeat their own.",
+    )
+
+    @field_validator("ablation_factor_rows")
+    @classmethod
+    def _each_row_once(cls, rows: list[str]) -> list[str]:
+        return list(dict.fromkeys(rows))
 
 
 class DetectorConfig(_Strict):
