@@ -5,7 +5,11 @@ its evaluation are shared; each cell varies the selection and quantization secti
 selects, quantizes and evaluates INT8, and becomes a nested MLflow run under one parent.
 The comparison table goes to MLflow and Prefect.
 
-    tailcal ablate --config configs/ablation.yaml --strategies topk random --seeds 0 1 2
+A `factor_rows` strategy (`selection.ablation_factor_rows`) also runs as a row of its own,
+`<strategy>[factors]`, grouped by the VLM's factor tags with the condition column ignored:
+what the strategy does on a real pool, which has no condition column.
+
+    tailcal ablate --config configs/ablation.yaml --strategies first_n topk random --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -32,11 +36,20 @@ from flows.stages import (
     select,
 )
 from tasks import tracking
-from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy, load_for, section_with
+from tasks.config import (
+    GroupingStrategy,
+    Override,
+    RangeEstimator,
+    RuntimeEnv,
+    SelectionConfig,
+    SelectionStrategy,
+    load_for,
+    section_with,
+)
 
-DEFAULT_STRATEGIES: list[SelectionStrategy] = ["topk", "random", "stratified", "hard_tail_mix", "coverage"]
+DEFAULT_STRATEGIES: list[SelectionStrategy] = ["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
 DEFAULT_ESTIMATORS: list[RangeEstimator] = ["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
-SEED_FREE = {"topk"}  # the same ids whatever the seed: one seed is enough
+SEED_FREE = {"topk", "first_n"}  # the same ids whatever the seed: one seed is enough
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,25 @@ class AblationResult:
         )
 
 
+def cell_selections(
+    selection: SelectionConfig, strategies: list[SelectionStrategy], seeds: list[int], ks: list[int]
+) -> dict[tuple[int, str, int], SelectionConfig]:
+    """The selection section of every cell, keyed (K, row label, seed), in running order.
+
+    A row is each strategy as configured, then each `selection.ablation_factor_rows` strategy
+    as `<strategy>[factors]`, grouped by the VLM's factor tags. Seed-free strategies run one
+    seed. Raises ConfigError naming the cell whose section is invalid.
+    """
+    rows: dict[str, dict[str, str]] = {s: {"strategy": s} for s in strategies}
+    rows |= {f"{s}[factors]": {"strategy": s, "grouping": "factors"} for s in selection.ablation_factor_rows}
+    return {
+        (k, label, seed): section_with(selection, f"ablation cell K={k}, {label}, seed {seed}", k=k, seed=seed, **row)
+        for k in ks
+        for label, row in rows.items()
+        for seed in (seeds[:1] if row["strategy"] in SEED_FREE else seeds)
+    }
+
+
 @flow(name="calibration-ablation", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def ablation(
     config_path: str = "configs/ablation.yaml",
@@ -64,6 +96,7 @@ def ablation(
     seeds: list[int] | None = None,
     ks: list[int] | None = None,
     subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
+    factor_rows: Annotated[list[GroupingStrategy] | None, Override("selection.ablation_factor_rows")] = None,
     release_id: str | None = None,
 ) -> AblationResult:
     """Cross selection strategies, range estimators, seeds and K on one scored pool.
@@ -73,11 +106,13 @@ def ablation(
 
     Args:
         config_path: YAML config file.
-        strategies: Selection strategies to compare (default: all five).
+        strategies: Selection strategies to compare (default: all six).
         estimators: NNCF activation range estimators (default: all four).
-        seeds: Selection seeds, ≥ 0 (default: 0 1 2; topk needs none and runs once).
+        seeds: Selection seeds, ≥ 0 (default: 0 1 2; first_n and topk need none and run once).
         ks: Calibration set sizes (default: the config's selection.k).
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
+        factor_rows: Strategies run once more grouped by the VLM's factor tags, the condition column ignored
+            (selection.ablation_factor_rows).
         release_id: Release identifier for the MLflow run name and tags.
     """
     import pyarrow.parquet as pq
@@ -91,20 +126,16 @@ def ablation(
     estimators = list(dict.fromkeys(estimators or DEFAULT_ESTIMATORS))
     seeds = list(dict.fromkeys(seeds if seeds else [0, 1, 2]))
     ks = list(dict.fromkeys(ks or [config.selection.k]))
-    grid = [(k, s, seed) for k in ks for s in strategies for seed in (seeds[:1] if s in SEED_FREE else seeds)]
     # Every cell's sections are validated now, before the pool is scored and paid for.
-    selections = {
-        (k, s, seed): section_with(
-            config.selection, f"ablation cell K={k}, {s}, seed {seed}", k=k, strategy=s, seed=seed
-        )
-        for k, s, seed in grid
-    }
+    selections = cell_selections(config.selection, strategies, seeds, ks)
+    grid = list(selections)
+    rows = list(dict.fromkeys(label for _, label, _ in grid))
     quantizations = {e: section_with(config.quantization, "ablation estimators", range_estimator=e) for e in estimators}
     env = RuntimeEnv()
     prepare_benchmark(config.data)
 
     params = tracking.config_params(config) | {
-        "ablation.strategies": ",".join(strategies),
+        "ablation.strategies": ",".join(rows),
         "ablation.estimators": ",".join(estimators),
         "ablation.seeds": ",".join(map(str, seeds)),
         "ablation.ks": ",".join(map(str, ks)),
@@ -119,7 +150,8 @@ def ablation(
         scored = score_stage(config, env, run_dir, largest_k=max(ks))
         tracking.log_artifact(parent, str(scored.scores_path))
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
-        profiles = pool_profiles(config.pool, fp_ir) if "coverage" in strategies else None
+        needs_profiles = any(section.strategy == "coverage" for section in selections.values())
+        profiles = pool_profiles(config.pool, fp_ir) if needs_profiles else None
 
         cells: list[Cell] = []
         for k, strategy, seed in grid:
@@ -139,6 +171,7 @@ def ablation(
                     cell_dir / estimator,
                 )
                 cell_params = {"strategy": strategy, "range_estimator": estimator, "k": str(k), "seed": str(seed)}
+                cell_params["grouping"] = selection.grouping  # what its strata were made of, as resolved
                 name = f"{strategy}-{estimator}-k{k}-s{seed}"
                 with tracking.child_run(parent, name, {"kind": "ablation-cell"}, cell_params) as child:
                     tracking.log_metrics(child, outcome.metrics())

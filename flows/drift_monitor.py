@@ -4,7 +4,9 @@ The reference is a release run's `scores.parquet` (the scored pool the calibrati
 was drawn from; default) or its `selection.parquet` (the K calibration images). The
 reference images are read back from the pool by id; the production sample is a bottom-k
 subset of a pool URI. Both go through the same difficulty estimate and image statistics
-(`tasks.difficulty`). PSI per feature, `drift.recalibrate` and the report go to MLflow.
+(`tasks.difficulty`), and are grouped by condition tag when both carry one, else by
+factor tags (`tasks.drift`). PSI per feature, `drift.recalibrate`, the grouping and the
+report go to MLflow.
 
     tailcal drift --config configs/demo.yaml --reference-run-id <run_id>
 """
@@ -46,7 +48,9 @@ class DriftRunSummary:
         for name, feature in report.features.items():
             flag = "  <- drifted" if name in report.drifted else ""
             lines.append(f"  {name:<12} PSI {feature.psi:.3f}{flag}")
-        lines.append(f"  reference {report.n_reference} images, production {report.n_production}")
+        lines.append(
+            f"  reference {report.n_reference} images, production {report.n_production}; grouped by {report.grouping}"
+        )
         lines.append(f"  report {self.report_path}; MLflow run {self.mlflow_run_id}")
         return "\n".join(lines)
 
@@ -104,6 +108,7 @@ def drift_monitor(
         "kind": "drift-monitor",
         "reference_run_id": reference_run_id or ref_path.parent.name,
         "drift.recalibrate": str(report.recalibrate).lower(),
+        "drift.grouping": report.grouping,
         **flow_run_tags(),
     }
     params = tracking.config_params(config) | {

@@ -20,7 +20,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.errors import ConfigError
 from tasks.redaction import mask_url
 
-SelectionStrategy = Literal["topk", "random", "stratified", "hard_tail_mix", "coverage"]
+SelectionStrategy = Literal["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
+# How stratified sampling groups the pool: by its condition column, or by the VLM's factor tags.
+Grouping = Literal["auto", "condition", "factors"]
+# The strategies that group the pool (stratified sampling or a stratified fill).
+GroupingStrategy = Literal["stratified", "hard_tail_mix", "coverage"]
+# Capture conditions of the synthetic benchmark (tasks/synth/render.py draws them in this order).
+SyntheticCondition = Literal[
+    "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
+]
 RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
 
 # Keys people paste into YAML by habit; the error points them at the environment instead.
@@ -32,7 +40,8 @@ class _Strict(BaseModel):
 
 
 class SyntheticConfig(_Strict):
-    """Sizes and seed of the generated industrial-defect benchmark (the offline default data)."""
+    """Sizes, seed, pool order and condition mixes of the generated industrial-defect benchmark
+    (the offline default data). `tasks/synth/schedule.py` describes the `runs` ordering."""
 
     seed: int = Field(0, ge=0, description="numpy seeds are non-negative.")
     image_size: int = Field(192, ge=64, le=1024)
@@ -42,6 +51,43 @@ class SyntheticConfig(_Strict):
     pool_image_mode: Literal["inline", "uri"] = "inline"
     burst_probability: float = Field(0.25, ge=0.0, le=1.0)
     max_burst: int = Field(5, ge=2, le=64)
+    ordering: Literal["iid", "runs"] = Field(
+        "iid",
+        description="How the pool's conditions follow capture time: `iid` draws each scene's condition on its "
+        "own; `runs` gives each line runs of one condition (a dirty lens, a line running fast) and makes "
+        "`shared_conditions` hit every line at once (a night shift's failed lighting), with ids that name the "
+        "line and scene, as camera frames are named.",
+    )
+    run_length: float = Field(40.0, ge=1.0, description="runs: mean scenes per line in one condition run.")
+    shared_conditions: list[SyntheticCondition] = Field(
+        ["low_light", "overexposure"],
+        description="runs: conditions that hit every line at once; the others run on one line at a time.",
+    )
+    scene_interval_s: float = Field(
+        2.0, gt=0.0, le=86_400.0, description="Seconds of capture time between consecutive scenes (all lines)."
+    )
+    conditions: dict[SyntheticCondition, float] | None = Field(
+        None,
+        description="The pool's (and train split's) condition mix as weights, normalised; a condition left out "
+        "does not occur. Unset: the built-in long tail (normal 58 %, …, occlusion 4 %).",
+    )
+    eval_conditions: dict[SyntheticCondition, float] | None = Field(
+        None,
+        description="The eval split's condition mix (production's), as weights; unset: the pool's mix. "
+        "Production often sees the hard conditions far more often than the archive pool does.",
+    )
+
+    @field_validator("conditions", "eval_conditions")
+    @classmethod
+    def _weights_make_a_mix(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is None:
+            return None
+        negative = sorted(name for name, w in weights.items() if not w >= 0.0)  # `not >=` also catches NaN
+        if negative:
+            raise ValueError(f"weights of {negative} are negative or NaN: give each condition a weight ≥ 0")
+        if sum(weights.values()) <= 0.0:
+            raise ValueError("the weights sum to 0: give at least one condition a positive weight")
+        return weights
 
 
 class DataConfig(_Strict):
@@ -170,6 +216,23 @@ class SelectionConfig(_Strict):
         lt=0.5,
         description="coverage targets each layer's [q, 1−q] quantile range of per-image min/max; 0 = full range.",
     )
+    grouping: Grouping = Field(
+        "auto",
+        description="Strata of stratified sampling: `condition` (the pool's condition column), `factors` (the "
+        "VLM's factor tags; each image in its rarest tag's stratum) or `auto` (condition when any candidate "
+        "has one, else factors).",
+    )
+    ablation_factor_rows: list[GroupingStrategy] = Field(
+        [],
+        description="`tailcal ablate` only: strategies run once more with grouping `factors`, the condition "
+        "column ignored as if the pool had none; their rows read `<strategy>[factors]`. Only strategies that "
+        "group the pool: for the others such a row would repeat their own.",
+    )
+
+    @field_validator("ablation_factor_rows")
+    @classmethod
+    def _each_row_once(cls, rows: list[str]) -> list[str]:
+        return list(dict.fromkeys(rows))
 
 
 class DetectorConfig(_Strict):

@@ -1,7 +1,20 @@
 """Calibration drift: does production still look like the calibration set? PSI per feature.
 
 Features are the service's own difficulty estimate, the image statistics behind it
-(brightness, contrast, sharpness, noise, saturated fraction) and the condition tag.
+(brightness, contrast, sharpness, noise, saturated fraction) and one categorical grouping
+of the frames, the one selection stratifies on (`tasks.selection.grouping`):
+
+- `condition`, the pool's condition tag, when both samples carry one;
+- otherwise `factors`: each frame's factor tags (low_light, motion_blur, … — the prompt's
+  vocabulary), reduced to its rarest tag by the reference's counts. Real pools and
+  production frames rarely carry a condition column, and a column present on one side only
+  would read as a shift of its own.
+
+Factor tags come from the same local estimate on both sides (`tasks.difficulty.assess`,
+the formula the reference scorer answers with): production frames are never sent to the
+VLM, and tags from the VLM on one side against the estimate on the other would measure the
+difference between two judges, not drift.
+
 Continuous features are binned at the reference's quantiles (so each reference bin
 holds ~1/bins of it); tags are their own categories. Empty bins get `epsilon`, and
 PSI = Σ (p − q)·ln(p / q) with q the reference and p the production proportions.
@@ -22,15 +35,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.config import DriftConfig
-from tasks.difficulty import STAT_NAMES, assess
+from tasks.difficulty import STAT_NAMES, ImageAssessment, assess
 from tasks.errors import ConfigError, TailcalError
 from tasks.imaging import decode_rgb
 from tasks.ingest.models import Candidate
+from tasks.selection.grouping import UNKNOWN_STRATUM, factor_rarity, factor_stratum
 
 logger = logging.getLogger(__name__)
 
 CONTINUOUS_FEATURES: tuple[str, ...] = ("difficulty", *STAT_NAMES)
 CATEGORICAL_FEATURES: tuple[str, ...] = ("condition",)
+FACTOR_FEATURE = "factors"
 
 
 class DriftError(TailcalError):
@@ -44,21 +59,31 @@ class FeatureSample:
     ids: list[str] = field(default_factory=list)
     continuous: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in CONTINUOUS_FEATURES})
     categorical: dict[str, list[str]] = field(default_factory=lambda: {name: [] for name in CATEGORICAL_FEATURES})
+    factors: list[tuple[str, ...]] = field(default_factory=list)  # per row: the estimate's factor tags
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def add(self, image_id: str, image: np.ndarray, condition: str | None) -> None:
-        features = image_features(image)
+        assessment = assess(image)
+        features = _continuous(assessment)
         self.ids.append(image_id)
         for name in CONTINUOUS_FEATURES:
             self.continuous[name].append(features[name])
-        self.categorical["condition"].append(condition or "unknown")
+        self.categorical["condition"].append(condition or UNKNOWN_STRATUM)
+        self.factors.append(assessment.factors)
+
+    @property
+    def has_conditions(self) -> bool:
+        return any(tag != UNKNOWN_STRATUM for tag in self.categorical["condition"])
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
     """uint8 RGB → the continuous drift features (difficulty + image statistics), from one pass."""
-    assessment = assess(image)
+    return _continuous(assess(image))
+
+
+def _continuous(assessment: ImageAssessment) -> dict[str, float]:
     return {"difficulty": assessment.difficulty, **assessment.statistics.as_dict()}
 
 
@@ -166,12 +191,16 @@ def psi_categorical(
 
 @dataclass(frozen=True)
 class DriftReport:
-    """PSI per feature and the verdict: recalibrate when any feature exceeds the threshold."""
+    """PSI per feature and the verdict: recalibrate when any feature exceeds the threshold.
+
+    `grouping` names the categorical feature: "condition" (the tag both samples carry) or
+    "factors" (the frames' factor tags)."""
 
     features: dict[str, FeaturePsi]
     threshold: float
     n_reference: int
     n_production: int
+    grouping: str = "condition"
 
     @property
     def drifted(self) -> tuple[str, ...]:
@@ -198,6 +227,7 @@ class DriftReport:
     def as_dict(self) -> dict:
         return {
             "threshold": self.threshold,
+            "grouping": self.grouping,
             "recalibrate": self.recalibrate,
             "drifted": list(self.drifted),
             "n_reference": self.n_reference,
@@ -207,7 +237,11 @@ class DriftReport:
 
 
 def compare_samples(reference: FeatureSample, production: FeatureSample, config: DriftConfig) -> DriftReport:
-    """PSI of every feature, production vs reference (the calibration set)."""
+    """PSI of every feature, production vs reference (the calibration set).
+
+    The categorical feature is `condition` when both samples carry condition tags, else
+    `factors` (see the module docstring); `DriftReport.grouping` says which.
+    """
     for label, sample in (("reference (calibration set)", reference), ("production sample", production)):
         if len(sample) < config.min_samples:
             raise DriftError(
@@ -218,13 +252,23 @@ def compare_samples(reference: FeatureSample, production: FeatureSample, config:
         name: psi_continuous(name, reference.continuous[name], production.continuous[name], config.bins, config.epsilon)
         for name in CONTINUOUS_FEATURES
     }
-    for name in CATEGORICAL_FEATURES:
-        # Untagged on both sides says nothing; a one-sided "unknown" is itself a shift.
-        if set(reference.categorical[name]) | set(production.categorical[name]) != {"unknown"}:
-            features[name] = psi_categorical(
-                name, reference.categorical[name], production.categorical[name], config.epsilon
-            )
-    report = DriftReport(features, config.psi_threshold, len(reference), len(production))
+    if reference.has_conditions and production.has_conditions:
+        grouping = "condition"
+        features["condition"] = psi_categorical(
+            "condition", reference.categorical["condition"], production.categorical["condition"], config.epsilon
+        )
+    else:
+        # One rarity order for both sides (the reference's), so a frame's stratum does not
+        # depend on which sample it is in; a tag only production names becomes its own category.
+        grouping = FACTOR_FEATURE
+        rarity = factor_rarity(reference.factors)
+        features[FACTOR_FEATURE] = psi_categorical(
+            FACTOR_FEATURE,
+            [factor_stratum(tags, rarity) for tags in reference.factors],
+            [factor_stratum(tags, rarity) for tags in production.factors],
+            config.epsilon,
+        )
+    report = DriftReport(features, config.psi_threshold, len(reference), len(production), grouping)
     logger.info(
         "drift: max PSI %.3f (%s), recalibrate=%s",
         report.max_psi,

@@ -118,3 +118,38 @@ def test_a_named_reference_must_exist_and_its_ids_are_read(tmp_path):
     assert reference_ids(path) == {"a", "b"}, "the ids the reference holds"
     with pytest.raises(ConfigError, match="does not exist"):
         find_reference(tmp_path / "runs", "selection", run_id="absent")
+
+
+def _unlabelled(drift_pool, dim: bool = False, condition: str | None = None) -> FeatureSample:
+    """The drift pool's frames as a pool without a condition column (optionally darkened, or all tagged)."""
+    from tasks.imaging import decode_rgb
+
+    sample = FeatureSample()
+    for row in pq.read_table(drift_pool, columns=["id", "image"]).to_pylist():
+        sample.add(row["id"], darken(row["image"]) if dim else decode_rgb(row["image"]), condition)
+    return sample
+
+
+def test_without_condition_tags_the_monitor_compares_the_factor_mix(drift_pool):
+    # given a reference and production without condition tags
+    config = DriftConfig(min_samples=30, psi_threshold=THRESHOLD)
+    reference = _unlabelled(drift_pool)
+    # when production is the same frames, then nothing drifts, and the grouping says factors
+    same = compare_samples(reference, _unlabelled(drift_pool), config)
+    assert same.grouping == "factors" and "factors" in same.features, f"factor grouping: {same.as_dict()}"
+    assert "condition" not in same.features, "an all-unknown condition column says nothing"
+    assert same.features["factors"].psi == pytest.approx(0.0, abs=1e-12), f"same frames: {same.metrics()}"
+    # when the line lighting fails, then the factor mix shifts towards low_light and is flagged
+    dark = compare_samples(reference, _unlabelled(drift_pool, dim=True), config)
+    assert "factors" in dark.drifted, f"darkened frames shift the factor mix: {dark.metrics()}"
+    mix = dict(zip(dark.features["factors"].bins, dark.features["factors"].production, strict=True))
+    assert mix.get("low_light", 0.0) > 0.5, f"most darkened frames land in the low_light stratum: {mix}"
+    assert dark.as_dict()["grouping"] == "factors", "the report names the grouping"
+
+
+def test_a_condition_column_on_one_side_only_is_not_read_as_drift(drift_pool, reference):
+    # given a labelled reference (the archive) and the same frames from production without labels
+    config = DriftConfig(min_samples=30, psi_threshold=THRESHOLD)
+    report = compare_samples(reference, _unlabelled(drift_pool), config)
+    # then the factor mix is compared, and the same frames do not drift
+    assert report.grouping == "factors" and not report.recalibrate, f"no drift in the same frames: {report.metrics()}"

@@ -41,7 +41,8 @@ RunShard = Callable[[int, list[Candidate]], PendingShard]
 class ScoringOutcome:
     """What scoring a pool produced.
 
-    `scores` has one row per candidate (`results.scores_table` columns plus the tags);
+    `scores` has one row per candidate in pool (ingest) order: `results.scores_table` columns,
+    the tags, and `position` (0 for the first candidate ingested);
     `summary` counts what this run did (shards reused from logs cost it nothing);
     `dataset_sample` holds the first rows of id and tags, for MLflow's dataset view.
     """
@@ -146,6 +147,9 @@ def score_pool(
     rows = [order[i] for i in table.column("id").to_pylist()]
     for name in TAG_COLUMNS:
         table = table.append_column(name, pa.array([tags[name][row] for row in rows], pa.string()))
+    # `position` is the candidate's place in the ingest stream (file order, then row order):
+    # `first_n` takes the first K by it, whatever order shards finished in and however ids sort.
+    table = table.append_column("position", pa.array(rows, pa.int64())).sort_by("position")
     summary = summarize(this_run, passes)
     return ScoringOutcome(
         scores=table,

@@ -8,7 +8,7 @@ the cache, its cost and model, and the reason when no pass produced a score.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +34,12 @@ class ScoringSummary:
 
 
 def scores_table(records: Iterable[ScoreRecord], passes: int) -> pa.Table:
-    """One row per candidate, in first-seen order."""
+    """One row per candidate, in first-seen order.
+
+    `factors` holds the VLM's tags that at least half of the candidate's scoring passes named
+    (one pass is enough with two; a tag one of three passes named is sampling noise), sorted;
+    it is null when no pass produced a score, so "named nothing" ([]) and "not known" differ.
+    """
     by_id: dict[str, dict[int, ScoreRecord]] = defaultdict(dict)
     for record in records:
         by_id[record.id][record.pass_index] = record
@@ -43,6 +48,7 @@ def scores_table(records: Iterable[ScoreRecord], passes: int) -> pa.Table:
         values = [per_pass[p].difficulty for p in range(passes) if p in per_pass and per_pass[p].difficulty is not None]
         columns["id"].append(candidate_id)
         columns["difficulty"].append(float(np.mean(values)) if values else None)
+        columns["factors"].append(_agreed_factors([r for r in per_pass.values() if r.difficulty is not None]))
         for p in range(passes):
             record = per_pass.get(p)
             columns[f"pass_{p}"].append(record.difficulty if record else None)
@@ -62,8 +68,16 @@ def scores_table(records: Iterable[ScoreRecord], passes: int) -> pa.Table:
         ("model", pa.string()),
         ("latency_s", pa.float64()),
         ("reason", pa.string()),
+        ("factors", pa.list_(pa.string())),
     ]
     return pa.table({name: pa.array(columns[name], type=kind) for name, kind in schema})
+
+
+def _agreed_factors(scored: Sequence[ScoreRecord]) -> list[str] | None:
+    if not scored:
+        return None
+    named = Counter(tag for record in scored for tag in set(record.factors))
+    return sorted(tag for tag, n in named.items() if 2 * n >= len(scored))
 
 
 def summarize(records: Sequence[ScoreRecord], passes: int) -> ScoringSummary:

@@ -6,20 +6,26 @@
 """
 
 from tasks.selection.coverage import LayerTargets, layer_targets, range_coverage
+from tasks.selection.grouping import NO_FACTOR, UNKNOWN_STRATUM, factor_rarity, factor_stratum
 from tasks.selection.outcome import SelectionOutcome, describe_selection
-from tasks.selection.pool import PoolItem, SelectionInput
+from tasks.selection.pool import PoolItem, SelectionInput, Strata
 from tasks.selection.strategies import STRATEGIES, Selection, allocate, check_k_fits, select_calibration_set
 
 __all__ = [
+    "NO_FACTOR",
     "STRATEGIES",
+    "UNKNOWN_STRATUM",
     "LayerTargets",
     "PoolItem",
     "Selection",
     "SelectionInput",
     "SelectionOutcome",
+    "Strata",
     "allocate",
     "check_k_fits",
     "describe_selection",
+    "factor_rarity",
+    "factor_stratum",
     "layer_targets",
     "range_coverage",
     "select_calibration_set",

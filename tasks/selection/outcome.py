@@ -12,22 +12,31 @@ from tasks.selection.strategies import Selection
 
 @dataclass(frozen=True)
 class SelectionOutcome:
-    """The chosen set, its artefact table (rank, id, reason, stratum, difficulty) and its mean
-    difficulty against the pool's (None when nothing was scored)."""
+    """The chosen set, its artefact table (rank, id, reason, stratum, grouping, difficulty) and its
+    mean difficulty against the pool's (None when nothing was scored); `grouping` says whether
+    its strata came from the condition column or the VLM's factor tags."""
 
     selection: Selection
     table: pa.Table
     mean_difficulty_selected: float | None
     mean_difficulty_pool: float | None
 
+    @property
+    def grouping(self) -> str:
+        """What the strata were made of: "condition", "factors" (the VLM's tags), "class_hint" or "none"."""
+        return self.selection.grouping
+
     def metrics(self) -> dict[str, float | None]:
-        """`selection.k`, mean difficulties and `selection.count.<stratum>`, for MLflow."""
+        """`selection.k`, mean difficulties and the count per stratum, for MLflow: `selection.count.<stratum>`
+        for condition strata, `selection.count.<grouping>.<stratum>` for any other grouping (a factor
+        stratum named low_light is not the low_light condition)."""
         metrics: dict[str, float | None] = {
             "selection.k": self.selection.k,
             "selection.mean_difficulty": self.mean_difficulty_selected,
             "pool.mean_difficulty": self.mean_difficulty_pool,
         }
-        return metrics | {f"selection.count.{s}": n for s, n in self.selection.stratum_counts().items()}
+        prefix = "selection.count." if self.grouping == "condition" else f"selection.count.{self.grouping}."
+        return metrics | {f"{prefix}{s}": n for s, n in self.selection.stratum_counts().items()}
 
 
 def describe_selection(selection: Selection, scores: pa.Table) -> SelectionOutcome:

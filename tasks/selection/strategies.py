@@ -1,18 +1,24 @@
-"""Calibration-set strategies: topk, random, stratified, hard_tail_mix and coverage.
+"""Calibration-set strategies: first_n, topk, random, stratified, hard_tail_mix and coverage.
 
 Every strategy is a deterministic function of the pool, K and the seed: candidates are
 ordered by id before any random draw, so the order rows arrive in never matters, and ties
-are broken by id. The ids come back in the order they should be fed to NNCF, which takes
+are broken by id. The exception is `first_n`, whose whole point is the pool's order: it
+reads each candidate's `position` in the ingest stream, never the row order it was handed
+nor the id order. The ids come back in the order they should be fed to NNCF, which takes
 the first `subset_size` items and never shuffles: the most informative picks come first
 (hardest first, coverage picks first, stratified picks interleaved so any prefix keeps the
 strata proportions), so a caller that truncates still gets a sensible set.
+
+Strata (stratified, and the stratified parts of hard_tail_mix and coverage) come from the
+condition column or the VLM's factor tags, as `selection.grouping` says
+(`SelectionInput.strata`); the Selection records which was used.
 
 Eligibility. Candidates without a difficulty (scoring failed, or the budget ran out) cannot
 be ranked, so topk and the hard part of hard_tail_mix skip them. random and stratified do
 not use difficulty, so every candidate is eligible: excluding the unscored would tie the
 baselines to whichever shards were scored before the budget ran out, and the baselines
 stand for what one gets without scoring at all. The stratified part of hard_tail_mix and
-the fill of coverage follow the same rule.
+the fill of coverage follow the same rule, and so does first_n, the users' default.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import get_args
@@ -49,8 +55,9 @@ class Selection:
     k: int
     seed: int
     hard_fraction: float
-    reasons: tuple[str, ...]  # per id: "hard", "random", "stratified" or "coverage"
-    strata: tuple[str, ...]  # per id: condition, else class_hint, else "unknown"
+    reasons: tuple[str, ...]  # per id: "first", "hard", "random", "stratified" or "coverage"
+    strata: tuple[str, ...]  # per id: its stratum under `grouping`
+    grouping: str = "condition"  # what the strata are made of: condition, factors, class_hint or none
     tail_quantile: float | None = None  # coverage only: the target quantile used
     layer_coverage: tuple[float, ...] | None = None  # coverage only: share of each layer's target range spanned
 
@@ -61,13 +68,14 @@ class Selection:
         return dict(sorted(counts.items()))
 
     def to_table(self) -> pa.Table:
-        """The selection artefact: one row per id, `rank` 0 first."""
+        """The selection artefact: one row per id, `rank` 0 first, with the grouping its strata came from."""
         return pa.table(
             {
                 "rank": pa.array(range(len(self.ids)), pa.int32()),
                 "id": pa.array(self.ids, pa.string()),
                 "reason": pa.array(self.reasons, pa.string()),
                 "stratum": pa.array(self.strata, pa.string()),
+                "grouping": pa.array([self.grouping] * len(self.ids), pa.string()),
             }
         )
 
@@ -77,6 +85,13 @@ Pick = tuple[PoolItem, str]  # (candidate, reason)
 
 def _by_id(items: Sequence[PoolItem]) -> list[PoolItem]:
     return sorted(items, key=lambda item: item.id)
+
+
+def _first_n(pool: SelectionInput, k: int) -> list[Pick]:
+    # What nncf.quantize does with its subset_size (it takes the first items its dataset
+    # yields) and what Ultralytics' INT8 export does with its calibration fraction: the users'
+    # default, and the baseline a selection has to beat.
+    return [(item, "first") for item in pool.in_pool_order()[:k]]
 
 
 def _topk(items: Sequence[PoolItem], k: int) -> list[Pick]:
@@ -114,10 +129,12 @@ def allocate(sizes: dict[str, int], k: int) -> dict[str, int]:
     return alloc
 
 
-def _stratified(items: Sequence[PoolItem], k: int, seed: int, reason: str = "stratified") -> list[Pick]:
+def _stratified(
+    items: Sequence[PoolItem], k: int, seed: int, stratum_of: Mapping[str, str], reason: str = "stratified"
+) -> list[Pick]:
     strata: dict[str, list[PoolItem]] = defaultdict(list)
     for item in _by_id(items):
-        strata[item.stratum].append(item)
+        strata[stratum_of[item.id]].append(item)
     alloc = allocate({s: len(members) for s, members in strata.items()}, k)
     keyed = []
     for stratum, members in strata.items():
@@ -158,10 +175,14 @@ def select_calibration_set(
 ) -> Selection:
     """Exactly `config.k` distinct candidate ids from `pool` by `config.strategy`, in the order to feed NNCF.
 
+    - first_n: the first k candidates in pool order (`PoolItem.position`, the ingest stream's
+      order; the order given when no item has one), as nncf.quantize's subset_size and
+      Ultralytics' export take them.
     - topk: the k hardest by difficulty, ties by id; unscored candidates are not eligible.
     - random: a uniform sample with numpy's default_rng(seed), drawn from the id-sorted pool.
-    - stratified: proportional over strata (condition, else class_hint, else "unknown"),
-      largest-remainder rounding, ≥ 1 per stratum when k allows; seeded sample within each.
+    - stratified: proportional over strata (`config.grouping`: the condition column or the
+      VLM's factor tags, see `SelectionInput.strata`), largest-remainder rounding, ≥ 1 per
+      stratum when k allows; seeded sample within each.
     - hard_tail_mix: round(hard_fraction·k) (half up) hardest first, the rest stratified
       over the remaining candidates.
     - coverage: needs `profiles` (per-candidate activation min/max,
@@ -169,7 +190,8 @@ def select_calibration_set(
       [coverage_tail_quantile, 1 − q] pool range (see `tasks.selection.coverage`), then the
       rest stratified over the remaining candidates.
 
-    Raises SelectionError when K exceeds the eligible candidates, naming both and the fix.
+    Raises SelectionError when K exceeds the eligible candidates, naming both and the fix,
+    and when the grouping asked for has nothing to group by or the pool order is ambiguous.
     """
     strategy, k, seed, hard_fraction = config.strategy, config.k, config.seed, config.hard_fraction
     tail_quantile = config.coverage_tail_quantile
@@ -184,8 +206,12 @@ def select_calibration_set(
     items = pool.items
     scored = sum(item.scored for item in items)
     unscored_note = f"{len(items) - scored} without a difficulty excluded"
+    strata = pool.strata(config.grouping)
     coverage = None
-    if strategy == "topk":
+    if strategy == "first_n":
+        _require(k, len(items), strategy, "the whole pool", " or add candidates to the pool")
+        picks = _first_n(pool, k)
+    elif strategy == "topk":
         _require(k, scored, strategy, f"scored; {unscored_note}", " or score more candidates")
         picks = _topk(items, k)
     elif strategy == "random":
@@ -193,7 +219,7 @@ def select_calibration_set(
         picks = _random(items, k, seed)
     elif strategy == "stratified":
         _require(k, len(items), strategy, "the whole pool", " or add candidates to the pool")
-        picks = _stratified(items, k, seed)
+        picks = _stratified(items, k, seed, strata.of)
     elif strategy == "hard_tail_mix":
         _require(k, len(items), strategy, "the whole pool", " or add candidates to the pool")
         n_hard = _hard_count(k, hard_fraction)
@@ -205,7 +231,7 @@ def select_calibration_set(
             )
         picks = _topk(items, n_hard)
         chosen = {item.id for item, _ in picks}
-        picks += _stratified([item for item in items if item.id not in chosen], k - n_hard, seed)
+        picks += _stratified([item for item in items if item.id not in chosen], k - n_hard, seed, strata.of)
     else:
         if profiles is None:
             raise SelectionError(
@@ -219,7 +245,7 @@ def select_calibration_set(
         picks = [(items[indices[row]], "coverage") for row in rows]
         chosen = {item.id for item, _ in picks}
         if len(picks) < k:
-            picks += _stratified([item for item in items if item.id not in chosen], k - len(picks), seed)
+            picks += _stratified([item for item in items if item.id not in chosen], k - len(picks), seed, strata.of)
         selected = {item.id for item, _ in picks}
         in_set = [row for row, i in enumerate(indices) if items[i].id in selected]
         coverage = tuple(float(c) for c in range_coverage(values[in_set], targets))
@@ -232,9 +258,12 @@ def select_calibration_set(
         seed=seed,
         hard_fraction=hard_fraction,
         reasons=tuple(reason for _, reason in picks),
-        strata=tuple(item.stratum for item, _ in picks),
+        strata=tuple(strata.of[item.id] for item, _ in picks),
+        grouping=strata.grouping,
         tail_quantile=tail_quantile if strategy == "coverage" else None,
         layer_coverage=coverage,
     )
-    logger.info("selection: %s k=%d seed=%d strata=%s", strategy, k, seed, selection.stratum_counts())
+    logger.info(
+        "selection: %s k=%d seed=%d strata by %s: %s", strategy, k, seed, strata.grouping, selection.stratum_counts()
+    )
     return selection

@@ -11,6 +11,7 @@ near-duplicates the way a production line camera produces them.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +75,17 @@ class Frame:
         return max(self.boxes, key=lambda b: b.w * b.h).category
 
 
-def render_scene(rng: np.random.Generator, size: int) -> Scene:
-    """Draw a surface, 0–4 defects and the condition's spatial parts (occluder, glare)."""
+def render_scene(
+    rng: np.random.Generator, size: int, weights: Sequence[float] | None = None, condition: str | None = None
+) -> Scene:
+    """Draw a surface, 0–4 defects and the condition's spatial parts (occluder, glare).
+
+    The condition is drawn from `weights` (probabilities in `CONDITIONS` order; default
+    `CONDITION_WEIGHTS`), or is `condition` when a plan gives it. The draw is made either way
+    and uses one number whatever the weights, so the scene's geometry (surface, defects,
+    shading) is the same for a seed under any mix or plan: two benchmarks of one seed differ
+    in their conditions only.
+    """
     side = size + 2 * MARGIN
     surface = SURFACES[rng.integers(len(SURFACES))]
     canvas = _SURFACE_PAINTERS[surface](rng, side)
@@ -86,7 +96,8 @@ def render_scene(rng: np.random.Generator, size: int) -> Scene:
         mask, color, alpha = _DEFECT_PAINTERS[category](rng, side, canvas)
         canvas = canvas * (1 - alpha * mask[..., None]) + color * (alpha * mask[..., None])
         masks.append((category, mask))
-    condition = str(rng.choice(CONDITIONS, p=list(CONDITION_WEIGHTS.values())))
+    drawn = str(rng.choice(CONDITIONS, p=list(CONDITION_WEIGHTS.values()) if weights is None else weights))
+    condition = drawn if condition is None else condition
     strength = float(rng.uniform(0.0, 1.0))
     if condition == "occlusion":
         occluder = _occluder(rng, side)

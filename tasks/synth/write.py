@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import SyntheticConfig
 from tasks.synth.render import DEFECT_CLASSES, Frame, render_frame, render_scene
+from tasks.synth.schedule import ScenePlan, condition_weights, plan_scenes, source_of
 
 POOL_SCHEMA_INLINE = pa.schema(
     [
@@ -42,7 +43,6 @@ POOL_SCHEMA_INLINE = pa.schema(
 POOL_SCHEMA_URI = pa.schema([("image_uri", pa.string()) if f.name == "image" else f for f in POOL_SCHEMA_INLINE])
 _SPLIT_CODES = {"pool": 1, "eval": 2, "train": 3}
 _EPOCH = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
-_SOURCES = ("line-1", "line-2", "line-3", "line-4")
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,29 @@ class Benchmark:
     train_dir: Path | None
 
 
-def scene_frames(config: SyntheticConfig, split: str, scene_index: int, bursts: bool) -> list[Frame]:
-    """All frames of one scene: a burst of near-duplicates, or a single frame."""
+def scene_frames(
+    config: SyntheticConfig, split: str, scene_index: int, bursts: bool, plan: ScenePlan | None = None
+) -> list[Frame]:
+    """All frames of one scene: a burst of near-duplicates, or a single frame.
+
+    Its condition is drawn from the split's mix (`conditions`, or `eval_conditions` for the
+    eval split), or is the `plan`'s, which then also sets the burst length.
+    """
     rng = np.random.default_rng([config.seed, _SPLIT_CODES[split], scene_index])
-    scene = render_scene(rng, config.image_size)
-    in_burst = bursts and rng.random() < config.burst_probability
-    length = int(rng.integers(2, config.max_burst + 1)) if in_burst else 1
+    mix = config.eval_conditions if split == "eval" and config.eval_conditions is not None else config.conditions
+    weights = None if mix is None else condition_weights(mix)
+    scene = render_scene(rng, config.image_size, weights, plan.condition if plan else None)
+    if plan is not None:
+        in_burst, length = plan.frames > 1, plan.frames
+    else:
+        in_burst = bursts and rng.random() < config.burst_probability
+        length = int(rng.integers(2, config.max_burst + 1)) if in_burst else 1
     return [render_frame(scene, rng, config.image_size, jitter=in_burst) for _ in range(length)]
+
+
+def _render(config: SyntheticConfig, split: str, bursts: bool, job: tuple[int, ScenePlan | None]) -> list[Frame]:
+    scene_index, plan = job
+    return scene_frames(config, split, scene_index, bursts, plan)
 
 
 def iter_frames(
@@ -86,16 +102,21 @@ def iter_frames(
 ) -> Iterator[tuple[int, int, Frame]]:
     """Yield (scene index, frame index in burst, frame) until `n` frames.
 
-    Scenes are rendered in bounded blocks (in `workers` processes when > 1), so memory
-    stays flat however large `n` is.
+    The pool under `ordering: runs` follows the plan of `schedule.plan_scenes`; every other
+    split and ordering draws each scene's condition on its own. Scenes are rendered in
+    bounded blocks (in `workers` processes when > 1), so memory stays flat however large
+    `n` is (a plan is a few bytes per scene).
     """
-    render = partial(scene_frames, config, split, bursts=bursts)
+    plans = plan_scenes(config, _SPLIT_CODES[split], n) if split == "pool" and config.ordering == "runs" else None
+    render = partial(_render, config, split, bursts)
     block = 64 * max(workers, 1)
     produced, start = 0, 0
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as executor:
         mapper = executor.map if executor else map
         while produced < n:
-            for scene_index, frames in enumerate(mapper(render, range(start, start + block)), start=start):
+            stop = start + block if plans is None else min(start + block, len(plans))
+            jobs = [(i, None if plans is None else plans[i]) for i in range(start, stop)]
+            for scene_index, frames in enumerate(mapper(render, jobs), start=start):
                 for frame_index, frame in enumerate(frames[: n - produced]):
                     yield scene_index, frame_index, frame
                     produced += 1
@@ -113,10 +134,15 @@ def write_pool(
     rows_per_file: int = 20_000,
     workers: int = 1,
 ) -> PoolStats:
-    """Stream `n` candidates (default: config.pool_size) into Parquet part files under `out_dir`."""
+    """Stream `n` candidates (default: config.pool_size) into Parquet part files under `out_dir`.
+
+    Files and rows follow capture time, as an exporter writes them: part files are numbered
+    in order and each holds the next `rows_per_file` frames.
+    """
     n = config.pool_size if n is None else n
     out_dir.mkdir(parents=True, exist_ok=True)
     inline = config.pool_image_mode == "inline"
+    realistic = config.ordering == "runs"
     schema = POOL_SCHEMA_INLINE if inline else POOL_SCHEMA_URI
     image_dir = out_dir.with_name(out_dir.name + "-images")  # beside the pool: its dir holds Parquet only
     if not inline:
@@ -141,7 +167,10 @@ def write_pool(
                 writer.close()
             files.append(out_dir / f"part-{len(files):05d}.parquet")
             writer = pq.ParquetWriter(files[-1], schema, compression="zstd")
-        candidate_id = f"c{row:07d}"
+        source = source_of(scene_index)
+        # A realistic pool's ids name the camera and the scene, as frames off a line usually are:
+        # they sort by line, not by capture time, so nothing downstream may take id order for pool order.
+        candidate_id = f"{source}-s{scene_index:07d}-{frame_index}" if realistic else f"c{row:07d}"
         if inline:
             batch["image"].append(frame.jpeg)
         else:
@@ -153,8 +182,10 @@ def write_pool(
         batch["height"].append(frame.height)
         batch["class_hint"].append(frame.class_hint)
         batch["condition"].append(frame.condition)
-        batch["source"].append(_SOURCES[scene_index % len(_SOURCES)])
-        batch["captured_at"].append(_EPOCH + timedelta(seconds=2 * scene_index, milliseconds=120 * frame_index))
+        batch["source"].append(source)
+        batch["captured_at"].append(
+            _EPOCH + timedelta(seconds=config.scene_interval_s * scene_index, milliseconds=120 * frame_index)
+        )
         batch["scene_id"].append(f"s{scene_index:07d}")
         scenes = scene_index + 1
         if len(batch["id"]) >= batch_rows:

@@ -177,3 +177,32 @@ def test_credentials_in_the_gateway_url_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"gateway.url = .*url holds credentials .*TAILCAL_GATEWAY_KEY") as caught:
         load_config(write(tmp_path, text))
     assert "hunter2" not in str(caught.value), f"the refused password is not echoed: {caught.value}"
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ("data:\n  synthetic:\n    eval_conditions: {low_light: -1, normal: 1}\n", "negative or NaN"),
+        ("data:\n  synthetic:\n    conditions: {low_light: 0, normal: 0}\n", "sum to 0"),
+        ("data:\n  synthetic:\n    eval_conditions: {fog: 1}\n", "data.synthetic.eval_conditions.fog"),
+        ("selection:\n  ablation_factor_rows: [topk]\n", "'stratified', 'hard_tail_mix' or 'coverage'"),
+        ("selection:\n  grouping: labels\n", "'auto', 'condition' or 'factors'"),
+    ],
+)
+def test_condition_mixes_and_grouping_knobs_are_checked_at_load(tmp_path, section, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, MINIMAL + section))
+
+
+def test_a_shifted_production_mix_and_a_factors_row_load(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            MINIMAL
+            + "data:\n  synthetic:\n    ordering: runs\n    eval_conditions: {low_light: 2, normal: 2}\n"
+            + "selection:\n  ablation_factor_rows: [hard_tail_mix, hard_tail_mix]\n",
+        )
+    )
+    assert config.data.synthetic.eval_conditions == {"low_light": 2, "normal": 2}, "weights are kept as given"
+    assert config.data.synthetic.conditions is None, "the pool keeps the built-in mix"
+    assert config.selection.ablation_factor_rows == ["hard_tail_mix"], "a repeated row runs once"

@@ -148,6 +148,27 @@ def test_scores_table_means_passes_and_keeps_reasons():
     assert table[0]["cached_passes"] == 1 and table[0]["cost_eur"] == pytest.approx(1e-4), "cache and cost per row"
 
 
+def test_scores_table_keeps_the_factor_tags_half_the_scoring_passes_named():
+    def tagged(cid, p, factors, difficulty=0.5):
+        return ScoreRecord(cid, p, "scored", difficulty, tuple(factors), model="m")
+
+    records = [
+        tagged("two", 0, ["low_light", "sensor_noise"]),
+        tagged("two", 1, ["low_light"]),
+        tagged("three", 0, ["glare", "blur"]),
+        tagged("three", 1, ["blur"]),
+        tagged("three", 2, ["blur", "low_light"]),
+        tagged("one", 0, ["blur"]),
+        _record("one", 1, "failed", None, reason="InternalServerError (HTTP 500)"),
+        _record("none", 0, "failed", None, reason="InternalServerError (HTTP 500)"),
+    ]
+    factors = {row["id"]: row["factors"] for row in scores_table(records, passes=3).to_pylist()}
+    assert factors["two"] == ["low_light", "sensor_noise"], f"1 of 2 passes is half: {factors['two']}"
+    assert factors["three"] == ["blur"], f"a tag 1 of 3 passes named is left out: {factors['three']}"
+    assert factors["one"] == ["blur"], f"a failed pass does not vote: {factors['one']}"
+    assert factors["none"] is None, "no scored pass: tags unknown (null), not an empty list"
+
+
 def test_summary_reports_spearman_between_passes_and_spend():
     order = [0.1, 0.5, 0.3, 0.9, 0.7]
     records = [_record(f"i{n}", 0, "scored", v, cost=1e-4) for n, v in enumerate(order)]

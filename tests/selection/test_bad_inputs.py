@@ -24,7 +24,7 @@ def _selection_pool(n: int, difficulties=None) -> SelectionInput:
     return SelectionInput.from_table(table)
 
 
-@pytest.mark.parametrize("strategy", ["topk", "random", "stratified", "hard_tail_mix"])
+@pytest.mark.parametrize("strategy", ["first_n", "topk", "random", "stratified", "hard_tail_mix"])
 def test_k_larger_than_the_pool_is_a_clear_error(strategy):
     # given a pool of 10 scored candidates, when K=11 is asked for, then the error names K and the pool size
     with pytest.raises(SelectionError) as error:

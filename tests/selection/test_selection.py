@@ -31,9 +31,12 @@ def make_pool(seed: int = 0) -> SelectionInput:
     rng = np.random.default_rng(seed)
     conditions = [c for c, n in MIX.items() for _ in range(n)]
     difficulty = rng.uniform(0, 1, len(conditions)).round(3)  # rounding makes ties, broken by id
+    positions = rng.permutation(len(conditions))  # the ingest order, unrelated to the ids' order
     items = [
-        PoolItem(f"c{i:04d}", None if i % (len(conditions) // UNSCORED) == 0 else float(d), condition, "car")
-        for i, (d, condition) in enumerate(zip(difficulty, conditions, strict=True))
+        PoolItem(
+            f"c{i:04d}", None if i % (len(conditions) // UNSCORED) == 0 else float(d), condition, "car", None, int(p)
+        )
+        for i, (d, condition, p) in enumerate(zip(difficulty, conditions, positions, strict=True))
     ]
     return SelectionInput(tuple(items))
 
@@ -105,9 +108,9 @@ def test_k_beyond_the_eligible_candidates_fails_naming_k_count_and_fix(pool):
     with pytest.raises(SelectionError, match="must be ≥ 1"):
         select_calibration_set(pool, SelectionConfig.model_construct(strategy="stratified", k=0, seed=0))
     with pytest.raises(ValidationError, match="strategy"):
-        SelectionConfig(strategy="first_n", k=5, seed=0)
+        SelectionConfig(strategy="last_n", k=5, seed=0)
     with pytest.raises(SelectionError, match="unknown selection strategy"):
-        select_calibration_set(pool, SelectionConfig.model_construct(strategy="first_n", k=5, seed=0))
+        select_calibration_set(pool, SelectionConfig.model_construct(strategy="last_n", k=5, seed=0))
 
 
 def test_unscored_candidates_are_left_to_the_strategies_that_ignore_difficulty(pool):
