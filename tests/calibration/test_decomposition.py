@@ -1,0 +1,72 @@
+"""The weights-only model on a hand-built INT8 twin whose outputs are known by hand: activation
+quantizers go, weight quantizers stay, and a kept quantizer acts alone."""
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+
+from tasks.calibration.decomposition import DecompositionError, activation_quantizer_names, weights_only_model
+
+pytestmark = pytest.mark.unit
+
+WEIGHTS = np.array([[0.31, -0.72], [0.55, 0.12], [-0.18, 0.93]], np.float32)  # [3, 2]
+BIAS = np.array([0.05, -0.1], np.float32)
+
+
+def _fake_quantize(x: np.ndarray, low: float, high: float, levels: int = 256) -> np.ndarray:
+    """OpenVINO's FakeQuantize with equal input and output ranges (its specification, by hand)."""
+    step = (high - low) / (levels - 1)
+    return np.round((np.clip(x, low, high) - low) / step) * step + low
+
+
+def _int8_model() -> ov.Model:
+    """x → FQ[-1, 1] → MatMul(FQ[-1, 1](W)) → Relu → FQ[0, 0.5] → + bias: two activation
+    quantizers, one weight quantizer on a constant (the form NNCF writes without weight compression)."""
+    x = ops.parameter([1, 3], np.float32, name="x")
+    lo, hi = ops.constant(np.float32(-1.0)), ops.constant(np.float32(1.0))
+    x_q = ops.fake_quantize(x, lo, hi, lo, hi, 256, name="x/fq")
+    w_q = ops.fake_quantize(ops.constant(WEIGHTS), lo, hi, lo, hi, 255, name="w/fq")
+    hidden = ops.relu(ops.matmul(x_q, w_q, False, False), name="relu")
+    r_lo, r_hi = ops.constant(np.float32(0.0)), ops.constant(np.float32(0.5))
+    hidden_q = ops.fake_quantize(hidden, r_lo, r_hi, r_lo, r_hi, 256, name="relu/fq")
+    out = ops.add(hidden_q, ops.constant(BIAS), name="out")
+    return ov.Model([out], [x], "tiny-int8")
+
+
+def _run(model: ov.Model, x: np.ndarray) -> np.ndarray:
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(x)[compiled.outputs[0]]
+
+
+# Inputs beyond the input quantizer's [-1, 1] and hidden values beyond [0, 0.5]: both clip.
+X = np.array([[1.7, -0.4, 0.9]], np.float32)
+W_Q = _fake_quantize(WEIGHTS, -1.0, 1.0, levels=255)
+
+
+def test_activation_quantizers_are_named_in_order_and_the_weight_quantizer_is_not_one():
+    assert activation_quantizer_names(_int8_model()) == ["x/fq", "relu/fq"], "the two activation quantizers"
+
+
+def test_weights_only_keeps_quantized_weights_and_float_activations():
+    original = _int8_model()
+    model = weights_only_model(original)
+    kinds = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert kinds == ["w/fq"], f"only the weight quantizer stays: {kinds}"
+    expected = np.maximum(X @ W_Q, 0) + BIAS
+    np.testing.assert_allclose(_run(model, X), expected, atol=1e-5, err_msg="quantized weights, float activations")
+    full = _fake_quantize(np.maximum(_fake_quantize(X, -1, 1) @ W_Q, 0), 0.0, 0.5) + BIAS
+    np.testing.assert_allclose(_run(original, X), full, atol=1e-5, err_msg="the INT8 model itself is left as it was")
+    assert np.abs(expected - full).max() > 0.1, "the constructed case clips: the two models must differ"
+
+
+def test_a_kept_quantizer_acts_alone():
+    model = weights_only_model(_int8_model(), keep={"x/fq"})
+    expected = np.maximum(_fake_quantize(X, -1.0, 1.0) @ W_Q, 0) + BIAS
+    np.testing.assert_allclose(_run(model, X), expected, atol=1e-5, err_msg="only the input quantizer clips")
+
+
+def test_an_unknown_quantizer_name_is_refused_with_the_names_to_use():
+    with pytest.raises(DecompositionError, match="activation_quantizer_names") as err:
+        weights_only_model(_int8_model(), keep={"w/fq"})
+    assert "w/fq" in str(err.value), f"the message names the bad entry: {err.value}"
