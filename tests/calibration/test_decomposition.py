@@ -1,12 +1,20 @@
 """The weights-only model on a hand-built INT8 twin whose outputs are known by hand: activation
-quantizers go, weight quantizers stay, and a kept quantizer acts alone."""
+quantizers go, weight quantizers stay, and a kept quantizer acts alone; and the one summary line."""
 
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from tasks.calibration.decomposition import DecompositionError, activation_quantizer_names, weights_only_model
+from tasks.calibration.decomposition import (
+    DecompositionError,
+    GapDecomposition,
+    QuantizerPart,
+    activation_quantizer_names,
+    weights_only_model,
+)
+from tasks.evaluation.bootstrap import Interval
+from tasks.evaluation.evaluate import EvalResult
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +78,23 @@ def test_an_unknown_quantizer_name_is_refused_with_the_names_to_use():
     with pytest.raises(DecompositionError, match="activation_quantizer_names") as err:
         weights_only_model(_int8_model(), keep={"w/fq"})
     assert "w/fq" in str(err.value), f"the message names the bad entry: {err.value}"
+
+
+def test_the_summary_line_gives_both_parts_with_intervals_and_the_costliest_quantizer_alone():
+    weights_only = EvalResult(0.560, 0.8, {}, {}, {}, images=500)
+    decomposition = GapDecomposition(
+        weights_only=weights_only,
+        weight_part=Interval(0.0041, 0.0012, 0.0070, 0.95, 1000),
+        activation_part=Interval(0.0038, 0.0009, 0.0066, 0.95, 1000),
+        quantizers=(QuantizerPart("stem/fq", 0.001, 0.5595, 0.0005), QuantizerPart("x/fq", 0.0343, 0.557, 0.003)),
+        activation_quantizers=44,
+    )
+    line = decomposition.describe(fp16_map=0.5641, int8_map=0.5562)
+    assert line == (
+        "weights +0.0041 [+0.0012, +0.0070], activations +0.0038 [+0.0009, +0.0066] (95 % CI); "
+        "alone: x/fq +0.0030, clips 3.43 %"
+    ), f"one line, the costliest quantizer named: {line!r}"
+    metrics = decomposition.metrics()
+    assert metrics["gap_part.activations.ci_low"] == 0.0009 and metrics["gap_part.weights.ci_high"] == 0.0070, metrics
+    assert metrics["quantizer.x/fq.clipped_pct"] == pytest.approx(3.43), f"clipping in %: {metrics}"
+    assert metrics["decomposition.activation_quantizers"] == 44, metrics
