@@ -147,6 +147,7 @@ def clipping(int8_ir: Path, fp_ir: Path, split: EvalSplit, evaluation: Evaluatio
 @task(name="decompose-gap", cache_policy=NONE)
 def decompose(
     int8_ir: Path,
+    fp_ir: Path,
     split: EvalSplit,
     evaluation: EvaluationConfig,
     fp16: EvalResult,
@@ -156,7 +157,7 @@ def decompose(
 ) -> GapDecomposition:
     from tasks.calibration.decomposition import decompose_gap
 
-    return decompose_gap(int8_ir, split, evaluation, fp16, int8, report, work_dir)
+    return decompose_gap(int8_ir, fp_ir, split, evaluation, fp16, int8, report, work_dir)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,9 @@ def calibrate_and_compare(
     int8 = evaluate(int8_ir, split, evaluation)
     speeds = measure_speeds([fp_ir, int8_ir], split, evaluation)
     report = clipping(int8_ir, fp_ir, split, evaluation)
-    parts = decompose(int8_ir, split, evaluation, fp16, int8, report, out_dir) if evaluation.gap_decomposition else None
+    parts = None
+    if evaluation.gap_decomposition:
+        parts = decompose(int8_ir, fp_ir, split, evaluation, fp16, int8, report, out_dir)
     comparison = Comparison(
         with_speed(fp16, speeds[fp_ir]),
         with_speed(int8, speeds[int8_ir]),

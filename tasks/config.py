@@ -207,7 +207,7 @@ class EvaluationConfig(_Strict):
         "activation parts.",
     )
     attributed_quantizers: int = Field(
-        3, ge=0, description="Activation quantizers, worst clipping first, whose part of the gap is measured alone."
+        1, ge=0, description="Activation quantizers, worst clipping first, whose part of the gap is measured alone."
     )
     bootstrap_resamples: int = Field(
         1000, ge=100, description="Resamples of the eval images behind each paired 95 % interval."

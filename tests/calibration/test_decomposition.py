@@ -1,5 +1,6 @@
 """The weights-only model on a hand-built INT8 twin whose outputs are known by hand: activation
-quantizers go, weight quantizers stay, and a kept quantizer acts alone; and the one summary line."""
+quantizers go, weight quantizers stay, a kept quantizer acts alone, the FP model's biases can be
+put back; and the one summary line."""
 
 import numpy as np
 import openvino as ov
@@ -11,6 +12,7 @@ from tasks.calibration.decomposition import (
     GapDecomposition,
     QuantizerPart,
     activation_quantizer_names,
+    restore_float_biases,
     weights_only_model,
 )
 from tasks.evaluation.bootstrap import Interval
@@ -98,3 +100,57 @@ def test_the_summary_line_gives_both_parts_with_intervals_and_the_costliest_quan
     assert metrics["gap_part.activations.ci_low"] == 0.0009 and metrics["gap_part.weights.ci_high"] == 0.0070, metrics
     assert metrics["quantizer.x/fq.clipped_pct"] == pytest.approx(3.43), f"clipping in %: {metrics}"
     assert metrics["decomposition.activation_quantizers"] == 44, metrics
+
+
+def _linear(bias: np.ndarray, quantize: bool) -> ov.Model:
+    """x → [FQ] → MatMul(W) → + bias (named like NNCF keeps it) → out."""
+    x = ops.parameter([1, 3], np.float32, name="x")
+    source = x
+    if quantize:
+        lo, hi = ops.constant(np.float32(-1.0)), ops.constant(np.float32(1.0))
+        source = ops.fake_quantize(x, lo, hi, lo, hi, 256, name="x/fq")
+    product = ops.matmul(source, ops.constant(W_Q), False, False, name="matmul")
+    out = ops.add(product, ops.convert(ops.constant(bias.astype(np.float16)), "f32"), name="matmul/bias")
+    return ov.Model([out], [x], "linear")
+
+
+def test_restoring_float_biases_undoes_a_bias_correction_by_name():
+    # given an INT8 model whose bias a correction moved, and its FP model with the original bias
+    corrected, original = np.array([0.25, -0.5], np.float32), np.array([0.05, -0.1], np.float32)
+    int8, fp = _linear(corrected, quantize=True), _linear(original, quantize=False)
+    model = weights_only_model(int8)
+    # when
+    restored = restore_float_biases(model, fp)
+    # then the bias is the FP one, and nothing else changed
+    assert restored == 1, f"one bias Add matched by name: {restored}"
+    expected = X @ W_Q + original
+    np.testing.assert_allclose(_run(model, X), expected, atol=1e-3, err_msg="rounded weights with the FP bias")
+
+
+def test_a_bias_of_another_shape_is_refused():
+    fp = _linear(np.zeros(2, np.float32), quantize=False)
+    x = ops.parameter([1, 3], np.float32, name="x")
+    product = ops.matmul(x, ops.constant(np.ones((3, 4), np.float32)), False, False, name="matmul")
+    other = ov.Model([ops.add(product, ops.constant(np.zeros(4, np.float32)), name="matmul/bias")], [x], "other")
+    with pytest.raises(DecompositionError, match="FP IR the INT8 IR was quantized from"):
+        restore_float_biases(other, fp)
+
+
+def test_the_summary_line_names_the_bias_correction_share_when_measured():
+    decomposition = GapDecomposition(
+        weights_only=EvalResult(0.5569, 0.8, {}, {}, {}, images=500),
+        weight_part=Interval(0.0072, 0.0033, 0.0101, 0.95, 1000),
+        activation_part=Interval(0.0009, -0.0037, 0.0053, 0.95, 1000),
+        quantizers=(),
+        activation_quantizers=44,
+        rounded_weights=EvalResult(0.5641, 0.8, {}, {}, {}, images=500),
+        bias_correction_part=Interval(0.0072, 0.0040, 0.0104, 0.95, 1000),
+    )
+    line = decomposition.describe(fp16_map=0.5641, int8_map=0.5560)
+    assert line == (
+        "weights +0.0072 [+0.0033, +0.0101] (bias correction +0.0072 of it), "
+        "activations +0.0009 [-0.0037, +0.0053] (95 % CI)"
+    ), f"the bias correction's share of the weight part: {line!r}"
+    metrics = decomposition.metrics()
+    assert metrics["gap_part.bias_correction"] == pytest.approx(0.0072), metrics
+    assert metrics["rounded_weights.map"] == 0.5641 and metrics["gap_part.bias_correction.ci_low"] == 0.0040, metrics

@@ -128,6 +128,8 @@ def _decomposed() -> tuple[Comparison, GapDecomposition]:
         activation_part=Interval(0.015, 0.0061, 0.0243, 0.95, 1000),
         quantizers=(QuantizerPart("x/fq_output_0", 0.0343, 0.397, 0.008),),
         activation_quantizers=44,
+        rounded_weights=_result(0.4122, 0.61, {}, None),
+        bias_correction_part=Interval(0.0072, 0.0031, 0.0101, 0.95, 1000),
     )
     return comparison, decomposition
 
@@ -156,6 +158,8 @@ def test_report_splits_the_gap_with_intervals_and_names_the_quantizer_measured_a
         "reaches mAP@[.5:.95] **0.4050**",
         "weight part **+0.0073 [+0.0012, +0.0131]**, activation part **+0.0150 [+0.0061, +0.0243]**",
         "95 % paired bootstrap interval over the 20 eval images, 1000 resamples",
+        "the rounded weights alone reach **0.4122**",
+        "NNCF's bias correction accounts for **+0.0072 [+0.0031, +0.0101]** of the weight part",
         "the 1 of 44 that clip most",
         "| `x/fq_output_0` | 3.43 % | 0.3970 | +0.0080 |",
     ]
