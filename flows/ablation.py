@@ -3,6 +3,9 @@
 Scoring runs once (and a rerun is free through the cache and score logs); the FP16 IR and
 its evaluation are shared; each cell varies the selection and quantization sections only,
 selects, quantizes and evaluates INT8, and becomes a nested MLflow run under one parent.
+Each cell keeps its INT8 model's per-image matches (`matches.npz`, not the IR's worth of
+data) so the table can pair cells image by image: the difference of each cell's mean gap
+from `first_n` and `random` comes with a paired bootstrap interval over the eval images.
 The comparison table goes to MLflow and Prefect.
 
 A `factor_rows` strategy (`selection.ablation_factor_rows`) also runs as a row of its own,
@@ -50,6 +53,8 @@ from tasks.config import (
 DEFAULT_STRATEGIES: list[SelectionStrategy] = ["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
 DEFAULT_ESTIMATORS: list[RangeEstimator] = ["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
 SEED_FREE = {"topk", "first_n"}  # the same ids whatever the seed: one seed is enough
+# Strategies every row is compared with: the users' default (NNCF's first N) and a random draw.
+REFERENCES = ("first_n", "random")
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,8 @@ def ablation(
     """Cross selection strategies, range estimators, seeds and K on one scored pool.
 
     Every combination becomes a nested MLflow run; the table of INT8−FP16 gaps (mean ± std
-    over seeds, per condition) goes to the parent run.
+    over seeds, per condition, and the difference from first_n and random with a paired
+    95 % interval over the eval images) goes to the parent run.
 
     Args:
         config_path: YAML config file.
@@ -131,6 +137,8 @@ def ablation(
     grid = list(selections)
     rows = list(dict.fromkeys(label for _, label, _ in grid))
     quantizations = {e: section_with(config.quantization, "ablation estimators", range_estimator=e) for e in estimators}
+    # Each cell measures its gap's activation part (one more evaluation), not each quantizer's.
+    evaluation = section_with(config.evaluation, "ablation cells", attributed_quantizers=0)
     env = RuntimeEnv()
     prepare_benchmark(config.data)
 
@@ -150,6 +158,7 @@ def ablation(
         scored = score_stage(config, env, run_dir, largest_k=max(ks))
         tracking.log_artifact(parent, str(scored.scores_path))
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
+        fp16.matches.save(run_dir / "fp16_matches.npz")
         needs_profiles = any(section.strategy == "coverage" for section in selections.values())
         profiles = pool_profiles(config.pool, fp_ir) if needs_profiles else None
 
@@ -163,7 +172,7 @@ def ablation(
                 outcome = calibrate_and_compare(
                     config.pool,
                     quantizations[estimator],
-                    config.evaluation,
+                    evaluation,
                     fp_ir,
                     fp16,
                     split,
@@ -176,11 +185,30 @@ def ablation(
                 with tracking.child_run(parent, name, {"kind": "ablation-cell"}, cell_params) as child:
                     tracking.log_metrics(child, outcome.metrics())
                 result = outcome.comparison
-                cells.append(Cell(k, strategy, estimator, seed, result.gap, result.int8.map, result.per_condition_gap))
+                matches_path = result.int8.matches.save(cell_dir / estimator / "matches.npz")
+                cells.append(
+                    Cell(
+                        k,
+                        strategy,
+                        estimator,
+                        seed,
+                        result.gap,
+                        result.int8.map,
+                        result.per_condition_gap,
+                        matches_path=str(matches_path),
+                        activation_part=result.activation_gap,
+                    )
+                )
                 logger.info("%s × %s, K=%d, seed %d: gap %+.4f", strategy, estimator, k, seed, result.gap)
 
-        rows = summarize_cells(cells)
-        markdown = render_table(rows, fp16.map)
+        rows = summarize_cells(
+            cells,
+            fp16.matches,
+            REFERENCES,
+            resamples=config.evaluation.bootstrap_resamples,
+            seed=config.evaluation.bootstrap_seed,
+        )
+        markdown = render_table(rows, fp16.map, REFERENCES)
         table_path = run_dir / "ablation.md"
         table_path.write_text(markdown)
         cells_path = run_dir / "ablation_cells.json"

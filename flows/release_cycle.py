@@ -34,6 +34,7 @@ from tasks import tracking
 from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy, TailcalConfig, load_for
 
 if TYPE_CHECKING:
+    from tasks.calibration.decomposition import GapDecomposition
     from tasks.selection import SelectionOutcome
 
 
@@ -51,6 +52,7 @@ class ReleaseSummary:
     mlflow_tracking_uri: str
     mlflow_run_id: str
     run_dir: str
+    decomposition: GapDecomposition | None = None
 
     def describe(self) -> str:
         """The end-of-run summary `tailcal run` prints."""
@@ -79,6 +81,12 @@ class ReleaseSummary:
             + (f"INT8 {ratio:.2f}× FP16 throughput" if ratio else "throughput not measured"),
             "                worst conditions: "
             + ", ".join(f"{name.removeprefix('gap.map.')} {value:+.4f}" for name, value in worst),
+            "  gap split     "
+            + (
+                self.decomposition.describe(metrics["fp16.map"], metrics["int8.map"])
+                if self.decomposition
+                else "not measured (evaluation.gap_decomposition is off)"
+            ),
             f"  clipping      max {metrics['clipping.max_pct']:.2f} % of activations; "
             f"{int(metrics['clipping.flagged_layers'])} layer(s) over the threshold",
             f"  score cache   {self.scored.cache_backend}",
@@ -144,6 +152,7 @@ def _write_outputs(
         cache_hit_rate=summary.cache_hit_rate,
         spearman=summary.spearman,
         flagged_layers=[(layer.name, layer.clipped_fraction) for layer in clip.flagged],
+        decomposition=calibration.decomposition,
         mlflow_link=f"{run.tracking_uri} → experiment {run.experiment_id} → run {run.run_id}",
     )
     report_path = run_dir / "report.md"
@@ -235,6 +244,7 @@ def release_cycle(
         mlflow_tracking_uri=run.tracking_uri,
         mlflow_run_id=run.run_id,
         run_dir=str(run_dir),
+        decomposition=calibration.decomposition,
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from tasks.calibration.clipping import ClippingReport
+    from tasks.calibration.decomposition import GapDecomposition
     from tasks.calibration.profiles import ActivationProfiles
     from tasks.calibration.quantize import QuantizeResult
     from tasks.detection.runtime import Speed
@@ -143,16 +144,35 @@ def clipping(int8_ir: Path, fp_ir: Path, split: EvalSplit, evaluation: Evaluatio
     return activation_clipping(int8_ir, fp_ir, inputs, evaluation.clipping_flag_fraction)
 
 
+@task(name="decompose-gap", cache_policy=NONE)
+def decompose(
+    int8_ir: Path,
+    fp_ir: Path,
+    split: EvalSplit,
+    evaluation: EvaluationConfig,
+    fp16: EvalResult,
+    int8: EvalResult,
+    report: ClippingReport,
+    work_dir: Path,
+) -> GapDecomposition:
+    from tasks.calibration.decomposition import decompose_gap
+
+    return decompose_gap(int8_ir, fp_ir, split, evaluation, fp16, int8, report, work_dir)
+
+
 @dataclass(frozen=True)
 class CalibrationOutcome:
-    """One calibration set turned into an INT8 IR and compared with FP16."""
+    """One calibration set turned into an INT8 IR and compared with FP16; `decomposition` is
+    None when `evaluation.gap_decomposition` is off."""
 
     quantized: QuantizeResult
     comparison: Comparison
     clipping: ClippingReport
+    decomposition: GapDecomposition | None = None
 
     def metrics(self) -> dict[str, float | None]:
-        return self.comparison.metrics() | self.quantized.metrics() | self.clipping.metrics()
+        values = self.comparison.metrics() | self.quantized.metrics() | self.clipping.metrics()
+        return values | (self.decomposition.metrics() if self.decomposition else {})
 
 
 def calibrate_and_compare(
@@ -165,7 +185,8 @@ def calibrate_and_compare(
     ids: Sequence[str],
     out_dir: Path,
 ) -> CalibrationOutcome:
-    """Quantize on exactly `ids` (in order), evaluate INT8 against FP16, and measure clipping.
+    """Quantize on exactly `ids` (in order), evaluate INT8 against FP16, measure clipping and,
+    with `evaluation.gap_decomposition`, split the gap into its weight and activation parts.
 
     Both IRs' speeds are measured here, together, so their ratio compares like with like.
     """
@@ -178,5 +199,12 @@ def calibrate_and_compare(
     int8 = evaluate(int8_ir, split, evaluation)
     speeds = measure_speeds([fp_ir, int8_ir], split, evaluation)
     report = clipping(int8_ir, fp_ir, split, evaluation)
-    comparison = Comparison(with_speed(fp16, speeds[fp_ir]), with_speed(int8, speeds[int8_ir]))
-    return CalibrationOutcome(quantized, comparison, report)
+    parts = None
+    if evaluation.gap_decomposition:
+        parts = decompose(int8_ir, fp_ir, split, evaluation, fp16, int8, report, out_dir)
+    comparison = Comparison(
+        with_speed(fp16, speeds[fp_ir]),
+        with_speed(int8, speeds[int8_ir]),
+        weights_only=parts.weights_only if parts else None,
+    )
+    return CalibrationOutcome(quantized, comparison, report, parts)

@@ -309,6 +309,18 @@ class EvaluationConfig(_Strict):
     latency_iterations: int = Field(50, ge=1)
     clipping_images: int = Field(64, ge=1, description="Eval images run through the FP IR for clipping %.")
     clipping_flag_fraction: float = Field(0.01, gt=0.0, lt=1.0, description="Flag layers clipping more than this.")
+    gap_decomposition: bool = Field(
+        True,
+        description="Also evaluate the weights-only INT8 model (activations in float): the gap's weight and "
+        "activation parts.",
+    )
+    attributed_quantizers: int = Field(
+        1, ge=0, description="Activation quantizers, worst clipping first, whose part of the gap is measured alone."
+    )
+    bootstrap_resamples: int = Field(
+        1000, ge=100, description="Resamples of the eval images behind each paired 95 % interval."
+    )
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of those resamples.")
 
     @field_validator("label_map")
     @classmethod

@@ -61,7 +61,7 @@ def _is_constant_path(node) -> bool:
     return node.get_type_name() == "Constant"
 
 
-def _activation_quantizers(int8_model) -> list[tuple[object, str]]:
+def activation_quantizers(int8_model) -> list[tuple[object, str]]:
     """(FakeQuantize op, name of the tensor it quantizes) for every activation quantizer."""
     found = []
     for op in int8_model.get_ordered_ops():
@@ -88,7 +88,7 @@ def activation_clipping(
     fp_model = read_model(fp_model)
     fp_outputs = {tensor_name(output): output for op in fp_model.get_ordered_ops() for output in op.outputs()}
     quantizers = []
-    for fq, tensor in _activation_quantizers(int8_model):
+    for fq, tensor in activation_quantizers(int8_model):
         if tensor not in fp_outputs:
             logger.warning("quantizer %s: no FP tensor named %s, skipped", fq.get_friendly_name(), tensor)
             continue

@@ -9,7 +9,7 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,32 +43,7 @@ def coco_map(
     validation loops.
     """
     categories = split_categories(coco, "the COCO ground truth")
-    mapping = [int(c) for c in category_ids]
-    if unknown := [c for c in mapping if c not in categories]:
-        raise CategoryMapError(
-            f"label mapping {mapping} names category ids {unknown} that the COCO ground truth lacks "
-            f"(ids found: {sorted(categories)}): load the split with load_eval_split and pass its category_ids"
-        )
-    if len(set(mapping)) != len(mapping):
-        raise CategoryMapError(f"label mapping {mapping} gives one category to several labels: each needs its own")
-    results = []
-    for image_id, det in detections.items():
-        labels = np.asarray(det.labels).astype(np.int64, copy=False)
-        if (stray := labels[(labels < 0) | (labels >= len(mapping))]).size:
-            raise CategoryMapError(
-                f"detections on image {image_id} carry labels {sorted(set(stray.tolist()))}, but the label mapping "
-                f"{mapping} covers labels 0–{len(mapping) - 1}: the detector's classes (detector.num_classes) and "
-                "the eval split's categories disagree"
-            )
-        results += [
-            {
-                "image_id": image_id,
-                "category_id": mapping[label],
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                "score": float(score),
-            }
-            for (x0, y0, x1, y1), score, label in zip(det.boxes, det.scores, labels.tolist(), strict=True)
-        ]
+    results = detection_results(detections, label_mapping(coco, category_ids))
     overall = _run_cocoeval(coco, results, image_ids=None)
     per_class = {name: _class_ap(overall, cat_id) for cat_id, name in categories.items()}
     conditions = sorted({img.get("condition", "unknown") for img in coco["images"]}) if breakdown else []
@@ -81,16 +56,69 @@ def coco_map(
     return MapResult(mean, mean50, per_class, per_condition, per_condition50)
 
 
-def _run_cocoeval(coco: dict, results: list[dict], image_ids: list[int] | None):
-    from faster_coco_eval import COCO, COCOeval_faster
+def label_mapping(coco: dict, category_ids: Sequence[int]) -> list[int]:
+    """`category_ids` as ints, checked against `coco`'s categories.
 
-    if not results:
-        return None
+    Raises CategoryMapError when it names a category `coco` lacks or gives one category to two labels.
+    """
+    categories = split_categories(coco, "the COCO ground truth")
+    mapping = [int(c) for c in category_ids]
+    if unknown := [c for c in mapping if c not in categories]:
+        raise CategoryMapError(
+            f"label mapping {mapping} names category ids {unknown} that the COCO ground truth lacks "
+            f"(ids found: {sorted(categories)}): load the split with load_eval_split and pass its category_ids"
+        )
+    if len(set(mapping)) != len(mapping):
+        raise CategoryMapError(f"label mapping {mapping} gives one category to several labels: each needs its own")
+    return mapping
+
+
+def detection_results(detections: Mapping[int, Detections], mapping: Sequence[int]) -> list[dict]:
+    """COCO result dicts (image_id, category_id, bbox as [x, y, w, h], score) of every detection,
+    image by image in `detections` order; detector label i becomes category `mapping[i]`.
+
+    Raises CategoryMapError when a label has no category in `mapping`.
+    """
+    results = []
+    for image_id, det in detections.items():
+        labels = np.asarray(det.labels).astype(np.int64, copy=False)
+        if (stray := labels[(labels < 0) | (labels >= len(mapping))]).size:
+            raise CategoryMapError(
+                f"detections on image {image_id} carry labels {sorted(set(stray.tolist()))}, but the label mapping "
+                f"{list(mapping)} covers labels 0–{len(mapping) - 1}: the detector's classes (detector.num_classes) "
+                "and the eval split's categories disagree"
+            )
+        results += [
+            {
+                "image_id": image_id,
+                "category_id": mapping[label],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "score": float(score),
+            }
+            for (x0, y0, x1, y1), score, label in zip(det.boxes, det.scores, labels.tolist(), strict=True)
+        ]
+    return results
+
+
+def coco_apis(coco: dict, results: list[dict]):
+    """faster-coco-eval's ground-truth and result objects for `coco` and `results` (a private copy
+    of `coco`: the library adds keys to the annotations it reads)."""
+    from faster_coco_eval import COCO
+
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = json.loads(json.dumps(coco))
         gt.createIndex()
-        dt = gt.loadRes(results)
+        return gt, gt.loadRes(results)
+
+
+def _run_cocoeval(coco: dict, results: list[dict], image_ids: list[int] | None):
+    from faster_coco_eval import COCOeval_faster
+
+    if not results:
+        return None
+    gt, dt = coco_apis(coco, results)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval_faster(gt, dt, iouType="bbox", print_function=logger.debug)
         if image_ids is not None:
             evaluator.params.imgIds = image_ids

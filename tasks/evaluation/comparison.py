@@ -1,4 +1,6 @@
-"""FP16 vs INT8: the gap the product exists to keep small, overall and per condition."""
+"""FP16 vs INT8: the gap the product exists to keep small, overall and per condition, and, given
+the weights-only INT8 model (activations in float, `tasks.calibration.decomposition`), its split
+into a weight part (FP16 − weights-only) and an activation part (weights-only − INT8)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from tasks.evaluation.evaluate import EvalResult
 
 @dataclass(frozen=True)
 class Comparison:
+    """Two evaluations on one split, and optionally the weights-only model's; gaps in mAP units."""
+
     fp16: EvalResult
     int8: EvalResult
+    weights_only: EvalResult | None = None
 
     @property
     def gap(self) -> float:
@@ -31,13 +36,31 @@ class Comparison:
         return _gaps(self.fp16.per_class, self.int8.per_class)
 
     @property
+    def weight_gap(self) -> float | None:
+        """FP16 − weights-only mAP@[.5:.95]: what rounding the weights costs (None: not measured)."""
+        return None if self.weights_only is None else self.fp16.map - self.weights_only.map
+
+    @property
+    def activation_gap(self) -> float | None:
+        """Weights-only − INT8 mAP@[.5:.95]: what quantizing activations costs, the part calibration sets."""
+        return None if self.weights_only is None else self.weights_only.map - self.int8.map
+
+    @property
+    def per_condition_weight_gap(self) -> dict[str, float]:
+        return {} if self.weights_only is None else _gaps(self.fp16.per_condition, self.weights_only.per_condition)
+
+    @property
+    def per_condition_activation_gap(self) -> dict[str, float]:
+        return {} if self.weights_only is None else _gaps(self.weights_only.per_condition, self.int8.per_condition)
+
+    @property
     def throughput_ratio(self) -> float | None:
         if not self.fp16.throughput_ips or not self.int8.throughput_ips:
             return None
         return self.int8.throughput_ips / self.fp16.throughput_ips
 
     def metrics(self) -> dict[str, float | None]:
-        """Flat metric names for MLflow."""
+        """Flat metric names for MLflow; `gap_part.*` only with the weights-only model."""
         values: dict[str, float | None] = {
             "fp16.map": self.fp16.map,
             "fp16.map50": self.fp16.map50,
@@ -55,6 +78,16 @@ class Comparison:
             values[f"int8.map.{condition}"] = self.int8.per_condition[condition]
         for name, gap in self.per_class_gap.items():
             values[f"gap.map.class.{name}"] = gap
+        if self.weights_only is not None:
+            values |= {
+                "weights_only.map": self.weights_only.map,
+                "gap_part.weights": self.weight_gap,
+                "gap_part.activations": self.activation_gap,
+            }
+            for condition, gap in self.per_condition_weight_gap.items():
+                values[f"gap_part.weights.{condition}"] = gap
+            for condition, gap in self.per_condition_activation_gap.items():
+                values[f"gap_part.activations.{condition}"] = gap
         return values
 
 

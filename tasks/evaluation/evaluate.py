@@ -18,6 +18,7 @@ import numpy as np
 from tasks.config import EvaluationConfig
 from tasks.detection.postprocess import Detections
 from tasks.evaluation.coco import coco_map
+from tasks.evaluation.matches import ImageMatches, image_matches
 from tasks.evaluation.split import EvalSplit
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ class EvalResult:
 
     map/map50: mAP@[.5:.95] and mAP@.5 in [0, 1]; per_class and per_condition hold
     mAP@[.5:.95] (NaN: no ground truth); latency_ms is batch-1 latency in ms and
-    throughput_ips images/s with parallel requests.
+    throughput_ips images/s with parallel requests. `matches` is the per-image matching
+    behind `map`, which bootstrap intervals over the eval images re-accumulate
+    (`tasks.evaluation.bootstrap`); None for results built by hand.
     """
 
     map: float
@@ -45,13 +48,16 @@ class EvalResult:
     latency_ms: float | None = None
     throughput_ips: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    matches: ImageMatches | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Every figure, JSON-ready; the matches are left out (`ImageMatches.save` writes them)."""
+        return {name: value for name, value in asdict(replace(self, matches=None)).items() if name != "matches"}
 
 
 def _result(split: EvalSplit, detections: list[Detections], **speed) -> EvalResult:
-    scored = coco_map(split.coco, dict(zip(split.image_ids, detections, strict=True)), split.category_ids)
+    by_id = dict(zip(split.image_ids, detections, strict=True))
+    scored = coco_map(split.coco, by_id, split.category_ids)
     return EvalResult(
         map=scored.map,
         map50=scored.map50,
@@ -59,6 +65,7 @@ def _result(split: EvalSplit, detections: list[Detections], **speed) -> EvalResu
         per_condition=scored.per_condition,
         per_condition_map50=scored.per_condition_map50,
         images=len(detections),
+        matches=image_matches(split.coco, by_id, split.category_ids),
         **speed,
     )
 
@@ -88,9 +95,12 @@ def evaluate_ir_cached(ir_path: Path, split: EvalSplit, config: EvaluationConfig
     ratio with this run's INT8 speed meaningless (see `measure_speeds`).
     """
     cached = ir_path.parent / f"map-{split.cache_key}.json"
-    if cached.exists():
-        return EvalResult(**json.loads(cached.read_text()))
+    cached_matches = cached.with_suffix(".npz")
+    # A cache written before matches were kept lacks the .npz: it is evaluated again.
+    if cached.exists() and cached_matches.exists():
+        return EvalResult(**json.loads(cached.read_text()), matches=ImageMatches.load(cached_matches))
     result = evaluate_ir(ir_path, split, config, measure_speed=False)
+    result.matches.save(cached_matches)
     cached.write_text(json.dumps(result.as_dict()))
     return result
 

@@ -1,14 +1,34 @@
-"""The ablation table: per (K, strategy, estimator), the INT8−FP16 gap over seeds."""
+"""The ablation table: per (K, strategy, estimator), the INT8−FP16 gap over seeds, and its
+difference from reference strategies with a paired bootstrap interval over the eval images.
+
+A reference (`first_n`, the users' default, and `random`) is compared at the same K and
+range estimator. Its interval comes from `tasks.evaluation.bootstrap`: every cell's INT8
+model is re-accumulated on the same resamples of the eval images, so the difference is
+paired image by image. A reference the grid does not hold reads "n/a".
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks.evaluation.bootstrap import CONFIDENCE, RESAMPLES, Interval, PairedBootstrap
+from tasks.evaluation.matches import ImageMatches
+
+REFERENCES = ("first_n", "random")
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One INT8 model of the grid: its gap (FP16 − INT8 mAP@[.5:.95]) and, when kept, where its
+    per-image matches are (`ImageMatches.save`) and the gap's activation part."""
+
     k: int
     strategy: str
     estimator: str
@@ -16,10 +36,15 @@ class Cell:
     gap: float
     int8_map: float
     per_condition_gap: dict[str, float]
+    matches_path: str | None = None
+    activation_part: float | None = None
 
 
 @dataclass(frozen=True)
 class TableRow:
+    """Cells of one (K, strategy, estimator) over seeds; `versus[reference]` is the difference of
+    mean gaps from the reference strategy with its interval, None where it cannot be computed."""
+
     k: int
     strategy: str
     estimator: str
@@ -28,10 +53,12 @@ class TableRow:
     gap_std: float
     int8_map_mean: float
     per_condition_gap: dict[str, float]  # mean over seeds
+    activation_part_mean: float | None = None
+    versus: dict[str, Interval | None] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, object]:
         """The row's key figures, rounded to 4 decimals, for a Prefect table artifact."""
-        return {
+        record: dict[str, object] = {
             "k": self.k,
             "strategy": self.strategy,
             "estimator": self.estimator,
@@ -39,17 +66,43 @@ class TableRow:
             "gap_mean": round(self.gap_mean, 4),
             "gap_std": round(self.gap_std, 4),
         }
+        for reference, interval in self.versus.items():
+            record[f"vs_{reference}"] = _versus_text(self, reference, interval)
+        return record
 
 
-def summarize_cells(cells: list[Cell]) -> list[TableRow]:
-    """Group cells by (K, strategy, estimator); mean ± sample std of the gap over seeds."""
+def summarize_cells(
+    cells: list[Cell],
+    fp16_matches: ImageMatches | None = None,
+    references: Sequence[str] = REFERENCES,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> list[TableRow]:
+    """Group cells by (K, strategy, estimator): mean ± sample std of the gap over seeds, and for
+    each of `references` the paired bootstrap interval of (this mean gap − the reference's)
+    over the eval images.
+
+    Intervals need `fp16_matches` and every compared cell's `matches_path` (all on the same
+    split); without them, or without the reference at that K and estimator, the entry is
+    None. Raises BootstrapError (tasks.evaluation.bootstrap) when the matches come from
+    different splits.
+    """
     groups: dict[tuple[int, str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[(cell.k, cell.strategy, cell.estimator)].append(cell)
+    resampled = _ResampledGaps(fp16_matches, resamples, seed, confidence) if fp16_matches is not None else None
     rows = []
     for (k, strategy, estimator), members in sorted(groups.items()):
         gaps = [c.gap for c in members]
         conditions = sorted({name for c in members for name in c.per_condition_gap})
+        parts = [c.activation_part for c in members if c.activation_part is not None]
+        versus = {}
+        for reference in references:
+            others = groups.get((k, reference, estimator), [])
+            versus[reference] = (
+                resampled.difference(members, others) if resampled and others and reference != strategy else None
+            )
         rows.append(
             TableRow(
                 k=k,
@@ -63,22 +116,81 @@ def summarize_cells(cells: list[Cell]) -> list[TableRow]:
                     name: statistics.fmean(c.per_condition_gap[name] for c in members if name in c.per_condition_gap)
                     for name in conditions
                 },
+                activation_part_mean=statistics.fmean(parts) if parts else None,
+                versus=versus,
             )
         )
     return rows
 
 
-def render_table(rows: list[TableRow], fp16_map: float) -> str:
-    """Markdown: one line per (K, strategy, estimator), gaps in mAP points (positive = INT8 worse)."""
+class _ResampledGaps:
+    """Each cell's gap on every resample, computed once from its matches file and kept as [B] floats
+    (the matches themselves are read again only if needed, so memory stays flat over a big grid)."""
+
+    def __init__(self, fp16: ImageMatches, resamples: int, seed: int, confidence: float) -> None:
+        self.bootstrap = PairedBootstrap(fp16, resamples, seed, confidence)
+        self.fp16, self.fp16_resampled = self.bootstrap.maps(fp16)
+        self._gaps: dict[str, tuple[float, np.ndarray]] = {}
+
+    def gap(self, path: str) -> tuple[float, np.ndarray]:
+        if path not in self._gaps:
+            whole, resampled = self.bootstrap.resampled_map(ImageMatches.load(Path(path)))
+            self._gaps[path] = (self.fp16 - whole, self.fp16_resampled - resampled)
+        return self._gaps[path]
+
+    def difference(self, cells: list[Cell], references: list[Cell]) -> Interval | None:
+        if any(c.matches_path is None for c in [*cells, *references]):
+            return None
+        sides = []
+        for group in (cells, references):
+            wholes, resampled = zip(*(self.gap(c.matches_path) for c in group), strict=True)
+            sides.append((float(np.mean(wholes)), np.mean(resampled, axis=0)))
+        (mine, mine_b), (theirs, theirs_b) = sides
+        return self.bootstrap.interval(mine - theirs, mine_b - theirs_b)
+
+
+def _versus_text(row: TableRow, reference: str, interval: Interval | None) -> str:
+    if row.strategy == reference:
+        return "(reference)"
+    return interval.describe() if interval is not None else "n/a"
+
+
+def render_table(rows: list[TableRow], fp16_map: float, references: Sequence[str] = REFERENCES) -> str:
+    """Markdown: one line per (K, strategy, estimator), gaps in mAP units (positive = INT8 worse)."""
     conditions = sorted({name for row in rows for name in row.per_condition_gap})
-    header = ["K", "strategy", "estimator", "seeds", "gap mean ± std", "INT8 mAP", *conditions]
-    lines = [
-        f"FP16 mAP@[.5:.95] = {fp16_map:.4f}. Gap = FP16 − INT8 (positive: INT8 worse).",
+    intervals = [i for row in rows for i in row.versus.values() if i is not None]
+    header = [
+        "K",
+        "strategy",
+        "estimator",
+        "seeds",
+        "gap mean ± std",
+        *[f"Δ vs {reference}" for reference in references],
+        "activation part",
+        "INT8 mAP",
+        *conditions,
+    ]
+    lines = [f"FP16 mAP@[.5:.95] = {fp16_map:.4f}. Gap = FP16 − INT8 (positive: INT8 worse)."]
+    if references:
+        how = (
+            f"{100 * intervals[0].confidence:.0f} % paired bootstrap interval over the eval images, "
+            f"{intervals[0].resamples} resamples"
+            if intervals
+            else "paired bootstrap interval over the eval images"
+        )
+        lines.append(
+            "Δ vs X = this row's mean gap − X's at the same K and estimator (negative: loses less than X), "
+            f"[{how}]; the interval covers eval-image sampling, the ± std covers seeds. "
+            "n/a: X is not in this grid (or its per-image matches were not kept). "
+            "Activation part = weights-only − INT8 mAP, the part calibration sets."
+        )
+    lines += [
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|",
     ]
     for row in rows:
+        part = row.activation_part_mean
         cells = [
             str(row.k),
             row.strategy,
@@ -86,6 +198,8 @@ def render_table(rows: list[TableRow], fp16_map: float) -> str:
             str(row.seeds),
             # One seed has no spread to report: "± 0.0000" would claim a certainty it lacks.
             f"{row.gap_mean:+.4f} ± {row.gap_std:.4f}" if row.seeds > 1 else f"{row.gap_mean:+.4f} ± n/a",
+            *[_versus_text(row, reference, row.versus.get(reference)) for reference in references],
+            "n/a" if part is None or math.isnan(part) else f"{part:+.4f}",
             f"{row.int8_map_mean:.4f}",
             *[f"{row.per_condition_gap.get(name, float('nan')):+.4f}" for name in conditions],
         ]

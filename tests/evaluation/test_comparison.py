@@ -1,6 +1,6 @@
 """Comparison of an FP16 and an INT8 evaluation: the gaps (positive = INT8 worse), per condition
-and per class without the keys that have no ground truth, the throughput ratio, and the flat
-MLflow metric names."""
+and per class without the keys that have no ground truth, the throughput ratio, the split of the
+gap into weight and activation parts given the weights-only model, and the flat MLflow metric names."""
 
 import math
 
@@ -132,3 +132,38 @@ def test_metrics_keep_missing_speed_as_none():
     for name in ("fp16.latency_ms", "int8.latency_ms", "int8_vs_fp16.throughput_ratio"):
         assert metrics[name] is None, f"{name} should be None without a measurement, got {metrics[name]}"
     assert all(v is None or math.isfinite(v) for v in metrics.values()), f"only finite or None: {metrics}"
+
+
+def test_weights_only_splits_the_gap_into_weight_and_activation_parts_overall_and_per_condition():
+    # given FP16 0.40, weights-only 0.39, INT8 0.35; low_light 0.30 / 0.29 / 0.20; fog without FP16 truth
+    fp16 = _result(0.40, 0.60, per_condition={"low_light": 0.30, "fog": NAN})
+    weights_only = _result(0.39, 0.59, per_condition={"low_light": 0.29, "fog": 0.2})
+    int8 = _result(0.35, 0.57, per_condition={"low_light": 0.20, "fog": 0.1})
+    comparison = Comparison(fp16=fp16, int8=int8, weights_only=weights_only)
+    # then the parts are exact and add up to the gap
+    assert comparison.weight_gap == pytest.approx(0.01), f"FP16 − weights-only: {comparison.weight_gap}"
+    assert comparison.activation_gap == pytest.approx(0.04), f"weights-only − INT8: {comparison.activation_gap}"
+    assert comparison.weight_gap + comparison.activation_gap == pytest.approx(comparison.gap), "parts add to the gap"
+    assert comparison.per_condition_weight_gap == pytest.approx({"low_light": 0.01}), "fog has no FP16 truth"
+    assert comparison.per_condition_activation_gap == pytest.approx({"low_light": 0.09, "fog": 0.1}), (
+        f"weights-only and INT8 both measure fog: {comparison.per_condition_activation_gap}"
+    )
+    metrics = comparison.metrics()
+    expected = {
+        "weights_only.map": 0.39,
+        "gap_part.weights": 0.01,
+        "gap_part.activations": 0.04,
+        "gap_part.weights.low_light": 0.01,
+        "gap_part.activations.low_light": 0.09,
+        "gap_part.activations.fog": 0.1,
+    }
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value), f"{name}: expected {value}, got {metrics.get(name)}"
+    assert not any(name.startswith("gap.map.gap_part") for name in metrics), "parts never read as conditions"
+
+
+def test_without_the_weights_only_model_there_are_no_parts():
+    comparison = Comparison(fp16=_result(0.4, 0.6), int8=_result(0.3, 0.5))
+    assert comparison.weight_gap is None and comparison.activation_gap is None, "not measured is None, not 0"
+    assert comparison.per_condition_weight_gap == {} and comparison.per_condition_activation_gap == {}, "no parts"
+    assert not any(name.startswith(("gap_part", "weights_only")) for name in comparison.metrics()), "no metrics"

@@ -71,6 +71,20 @@ def test_mlflow_run_has_params_metrics_dataset_and_artifacts(release_run):
     assert any(name.startswith("gap.map.") for name in metrics), "per-condition gaps are logged"
 
 
+def test_the_gap_is_split_into_weight_and_activation_parts_with_intervals(release_run):
+    summary, _, _ = release_run
+    metrics = MlflowClient(summary.mlflow_tracking_uri).get_run(summary.mlflow_run_id).data.metrics
+    weight, activation = metrics["gap_part.weights"], metrics["gap_part.activations"]
+    assert weight + activation == pytest.approx(metrics["gap.map"], abs=1e-9), "the two parts add up to the gap"
+    for part in ("weights", "activations"):
+        low, high = metrics[f"gap_part.{part}.ci_low"], metrics[f"gap_part.{part}.ci_high"]
+        assert low <= metrics[f"gap_part.{part}"] <= high, f"the {part} part lies in its interval [{low}, {high}]"
+    assert any(name.startswith("quantizer.") and name.endswith(".clipped_pct") for name in metrics), sorted(metrics)
+    assert "  gap split     weights " in summary.describe(), f"the summary has its line:\n{summary.describe()}"
+    report = (Path(summary.run_dir) / "report.md").read_text()
+    assert "## Where the gap comes from" in report, f"report.md explains the parts:\n{report}"
+
+
 def test_int8_model_is_calibrated_on_exactly_the_selected_k(release_run):
     summary, _, _ = release_run
     selection = pq.read_table(Path(summary.run_dir) / "selection.parquet")

@@ -1,13 +1,17 @@
 """The ablation table: cells grouped by (K, strategy, estimator), the gap's mean and sample
 standard deviation over seeds, per-condition means over the seeds that measured the condition,
-sorted rows, and the markdown rendering."""
+sorted rows, the markdown rendering, and the difference from reference strategies with a paired
+bootstrap interval over eval images (n/a when the reference is not in the grid)."""
 
 import dataclasses
 import statistics
 
 import pytest
 
+from tasks.evaluation.coco import coco_map
+from tasks.evaluation.matches import image_matches
 from tasks.reporting.ablation_table import Cell, TableRow, render_table, summarize_cells
+from tests.evaluation.detections import noisy, perfect
 
 pytestmark = pytest.mark.unit
 
@@ -105,29 +109,30 @@ def test_render_table_header_alignment_and_one_signed_line_per_row():
         _row(128, "hard_tail_mix", -0.002, 0.001, {"low_light": -0.03}),
     ]
     # when
-    lines = render_table(rows, fp16_map=0.4).splitlines()
+    lines = render_table(rows, fp16_map=0.4, references=()).splitlines()
     # then
     assert lines[0] == "FP16 mAP@[.5:.95] = 0.4000. Gap = FP16 − INT8 (positive: INT8 worse).", f"caption: {lines[0]}"
     assert lines[1] == "", f"blank line after caption: {lines[1]!r}"
-    assert lines[2] == "| K | strategy | estimator | seeds | gap mean ± std | INT8 mAP | fog | low_light |", (
-        f"header with sorted condition columns: {lines[2]!r}"
-    )
-    assert lines[3] == "|---|---|---|---:|---:|---:|---:|---:|", f"text left, numbers right: {lines[3]!r}"
+    assert lines[2] == (
+        "| K | strategy | estimator | seeds | gap mean ± std | activation part | INT8 mAP | fog | low_light |"
+    ), f"header with sorted condition columns: {lines[2]!r}"
+    assert lines[3] == "|---|---|---|---:|---:|---:|---:|---:|---:|", f"text left, numbers right: {lines[3]!r}"
     assert len(lines) == 6, f"one line per row after header and alignment: {lines}"
-    assert lines[4] == "| 64 | random | MINMAX | 3 | +0.0123 ± 0.0045 | 0.3123 | -0.0100 | +0.0500 |", (
-        f"first row with signed gaps: {lines[4]!r}"
+    assert lines[4] == "| 64 | random | MINMAX | 3 | +0.0123 ± 0.0045 | n/a | 0.3123 | -0.0100 | +0.0500 |", (
+        f"first row with signed gaps, activation part not measured: {lines[4]!r}"
     )
     second = [cell.strip() for cell in lines[5].strip("|").split("|")]
-    assert second[:6] + second[7:] == [
+    assert second[:7] + second[8:] == [
         "128",
         "hard_tail_mix",
         "MINMAX",
         "3",
         "-0.0020 ± 0.0010",
+        "n/a",
         "0.3123",
         "-0.0300",
     ], f"second row with a negative gap when INT8 is better: {lines[5]!r}"
-    assert "nan" in second[6].lower(), f"a condition the row did not measure shows as nan, not a number: {second[6]!r}"
+    assert "nan" in second[7].lower(), f"a condition the row did not measure shows as nan, not a number: {second[7]!r}"
     assert lines[2].count("|") == lines[3].count("|") == lines[4].count("|"), "header, alignment, rows agree in width"
 
 
@@ -135,7 +140,7 @@ def test_render_table_shows_no_spread_for_a_single_seed():
     # given one seed: std 0.0 is "not measured", not "no spread"
     single = dataclasses.replace(_row(64, "topk", 0.0125, 0.0, {}), seeds=1)
     # when
-    line = render_table([single], fp16_map=0.4).splitlines()[4]
+    line = render_table([single], fp16_map=0.4, references=()).splitlines()[4]
     # then
     assert "+0.0125 ± n/a" in line and "± 0.0000" not in line, f"one seed reads ± n/a: {line!r}"
 
@@ -156,3 +161,66 @@ def test_as_record_rounds_key_figures_to_4_decimals():
         "gap_mean": 0.0123,
         "gap_std": 0.0046,
     }, f"record with gap figures rounded to 4 decimals: {record}"
+
+
+@pytest.fixture(scope="module")
+def grid(eval_split, tmp_path_factory):
+    """A K=64 MINMAX grid on the session's split: `first_n` and `random` are imperfect detectors
+    (two seeds each), `hard_tail_mix` finds every box on every image (two seeds). Each cell's
+    matches are saved as the ablation saves them."""
+    coco, category_ids = eval_split.coco, eval_split.category_ids
+    out = tmp_path_factory.mktemp("ablation-cells")
+    fp16_detections = noisy(coco, category_ids, seed=100, hit_rate=0.95, jitter=0.05)
+    fp16 = coco_map(coco, fp16_detections, category_ids, breakdown=False).map
+    models = {
+        ("first_n", 0): noisy(coco, category_ids, seed=1),
+        ("first_n", 1): noisy(coco, category_ids, seed=2),
+        ("random", 0): noisy(coco, category_ids, seed=3),
+        ("random", 1): noisy(coco, category_ids, seed=4),
+        ("hard_tail_mix", 0): perfect(coco, category_ids),
+        ("hard_tail_mix", 1): perfect(coco, category_ids),
+    }
+    cells = []
+    for (strategy, seed), detections in models.items():
+        path = image_matches(coco, detections, category_ids).save(out / f"{strategy}-{seed}.npz")
+        int8 = coco_map(coco, detections, category_ids, breakdown=False).map
+        cells.append(Cell(64, strategy, "MINMAX", seed, fp16 - int8, int8, {}, matches_path=str(path)))
+    return cells, image_matches(coco, fp16_detections, category_ids)
+
+
+def test_each_row_is_compared_with_both_references_on_paired_resamples(grid):
+    cells, fp16 = grid
+    rows = {row.strategy: row for row in summarize_cells(cells, fp16, resamples=300, seed=0)}
+    better = rows["hard_tail_mix"]
+    for reference in ("first_n", "random"):
+        interval = better.versus[reference]
+        expected = better.gap_mean - rows[reference].gap_mean
+        assert interval.estimate == pytest.approx(expected, abs=1e-9), f"Δ vs {reference}: {interval} vs {expected}"
+        assert interval.high < 0, f"finding every box loses less than {reference} on any resample: {interval}"
+    assert rows["first_n"].versus["first_n"] is None and rows["random"].versus["random"] is None, "no self-compare"
+    assert rows["random"].versus["first_n"] is not None, "random is compared with first_n too"
+    table = render_table(list(rows.values()), fp16_map=0.5)
+    line = next(line for line in table.splitlines() if "| hard_tail_mix |" in line)
+    assert better.versus["first_n"].describe() in line and "(reference)" not in line, f"Δ in the row: {line}"
+    assert "| (reference) |" in next(line for line in table.splitlines() if "| first_n |" in line), table
+    assert "95 % paired bootstrap interval over the eval images, 300 resamples" in table, table
+
+
+def test_a_reference_missing_from_the_grid_reads_n_a(grid):
+    # given the grid without first_n (the strategy is being added elsewhere)
+    cells, fp16 = grid
+    without = [cell for cell in cells if cell.strategy != "first_n"]
+    rows = summarize_cells(without, fp16, references=("first_n", "random"), resamples=200)
+    table = render_table(rows, fp16_map=0.5, references=("first_n", "random"))
+    row = next(line for line in table.splitlines() if "| hard_tail_mix |" in line)
+    cells_of_row = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells_of_row[5] == "n/a", f"Δ vs first_n cannot be computed without first_n: {row}"
+    assert cells_of_row[6].startswith("-"), f"Δ vs random still is: {row}"
+    assert "| Δ vs first_n | Δ vs random |" in table, f"both reference columns stay: {table}"
+
+
+def test_without_per_image_matches_no_interval_is_made_up(grid):
+    cells, _ = grid
+    rows = summarize_cells(cells)
+    assert all(value is None for row in rows for value in row.versus.values()), "no matches, no intervals"
+    assert "n/a" in render_table(rows, fp16_map=0.5), "shown as n/a"

@@ -1,8 +1,11 @@
 """The run's markdown report: the per-condition table (rounded to 4 decimals), the headline
-figures, the flagged-layer sentence and the Spearman clause only when a value is given."""
+figures, the flagged-layer sentence, the Spearman clause only when a value is given, and the
+gap's weight and activation parts with their intervals when the weights-only model was measured."""
 
 import pytest
 
+from tasks.calibration.decomposition import GapDecomposition, QuantizerPart
+from tasks.evaluation.bootstrap import Interval
 from tasks.evaluation.comparison import Comparison
 from tasks.evaluation.evaluate import EvalResult
 from tasks.reporting.report import condition_table, render_report
@@ -113,3 +116,57 @@ def test_speed_line_without_throughput_has_no_ratio():
     report = _render(comparison=_comparison(fp16_ips=None, int8_ips=None))
     assert "Speed: INT8 0 img/s vs FP16 0." in report, f"missing speeds read 0 and no ratio:\n{report}"
     assert "×" not in report, f"no ratio without throughput:\n{report}"
+
+
+def _decomposed() -> tuple[Comparison, GapDecomposition]:
+    """FP16 0.41234, weights-only 0.405, INT8 0.39; per condition as in `_comparison`."""
+    weights_only = _result(0.405, 0.605, {"normal": 0.51, "low_light": 0.29, "fog": 0.21}, None)
+    comparison = Comparison(fp16=_comparison().fp16, int8=_comparison().int8, weights_only=weights_only)
+    decomposition = GapDecomposition(
+        weights_only=weights_only,
+        weight_part=Interval(0.00734, 0.0012, 0.0131, 0.95, 1000),
+        activation_part=Interval(0.015, 0.0061, 0.0243, 0.95, 1000),
+        quantizers=(QuantizerPart("x/fq_output_0", 0.0343, 0.397, 0.008),),
+        activation_quantizers=44,
+        rounded_weights=_result(0.4122, 0.61, {}, None),
+        bias_correction_part=Interval(0.0072, 0.0031, 0.0101, 0.95, 1000),
+    )
+    return comparison, decomposition
+
+
+def test_condition_table_adds_the_weights_only_model_and_both_parts():
+    comparison, _ = _decomposed()
+    low_light = condition_table(comparison)[0]
+    assert low_light == {
+        "condition": "low_light",
+        "fp16_map": 0.3012,
+        "int8_map": 0.3212,
+        "gap": -0.02,
+        "weights_only_map": 0.29,
+        "weight_part": 0.0112,
+        "activation_part": -0.0312,
+    }, f"low_light row with the weights-only model: {low_light}"
+
+
+def test_report_splits_the_gap_with_intervals_and_names_the_quantizer_measured_alone():
+    comparison, decomposition = _decomposed()
+    report = _render(comparison=comparison, decomposition=decomposition)
+    expected = [
+        "| condition | FP16 | weights-only | INT8 | gap | weight part | activation part |",
+        "| low_light | 0.3012 | 0.2900 | 0.3212 | -0.0200 | +0.0112 | -0.0312 |",
+        "## Where the gap comes from",
+        "reaches mAP@[.5:.95] **0.4050**",
+        "weight part **+0.0073 [+0.0012, +0.0131]**, activation part **+0.0150 [+0.0061, +0.0243]**",
+        "95 % paired bootstrap interval over the 20 eval images, 1000 resamples",
+        "the rounded weights alone reach **0.4122**",
+        "NNCF's bias correction accounts for **+0.0072 [+0.0031, +0.0101]** of the weight part",
+        "the 1 of 44 that clip most",
+        "| `x/fq_output_0` | 3.43 % | 0.3970 | +0.0080 |",
+    ]
+    for fragment in expected:
+        assert fragment in report, f"report should contain {fragment!r}:\n{report}"
+
+
+def test_report_without_the_weights_only_model_has_no_parts_section():
+    report = _render()
+    assert "Where the gap comes from" not in report and "weights-only" not in report, f"nothing to split:\n{report}"
