@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
-from typing import Annotated
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -50,6 +50,9 @@ from tasks.config import (
     section_with,
 )
 
+if TYPE_CHECKING:
+    from tasks.reporting.ablation_table import TableRow
+
 DEFAULT_STRATEGIES: list[SelectionStrategy] = ["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
 DEFAULT_ESTIMATORS: list[RangeEstimator] = ["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
 SEED_FREE = {"topk", "first_n"}  # the same ids whatever the seed: one seed is enough
@@ -65,6 +68,7 @@ class AblationResult:
     fp16_map: float
     table_markdown: str
     table_path: str
+    rows: list[TableRow] = field(default_factory=list)
 
     def describe(self) -> str:
         """The table and where it went, as `tailcal ablate` prints them."""
@@ -218,7 +222,7 @@ def ablation(
         tracking.log_metrics(parent, {"fp16.map": fp16.map, "ablation.cells": len(cells)})
         create_markdown_artifact(markdown, key="ablation-table", description="INT8−FP16 gap per cell")
         create_table_artifact([row.as_record() for row in rows], key="ablation-gaps")
-    return AblationResult(parent.run_id, parent.tracking_uri, len(cells), fp16.map, markdown, str(table_path))
+    return AblationResult(parent.run_id, parent.tracking_uri, len(cells), fp16.map, markdown, str(table_path), rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""The core claim, measured where it can be true and where it cannot.
+
+    .venv/bin/python bench/claim.py                       # both benchmarks, the whole grid
+    .venv/bin/python bench/claim.py --only realistic --seeds 0 --ks 64
+
+Runs the ablation (`tailcal ablate`) on two benchmarks:
+- realistic (configs/claim.yaml): the pool in capture order with conditions in runs (night
+  shifts, a dirty lens for a day), and production — the eval split — seeing the hard
+  conditions far more often than the archive pool;
+- iid (configs/claim-iid.yaml): each frame's condition drawn independently, the eval split
+  drawn from the pool's own mix.
+
+Grid: first_n (the users' default: NNCF's subset_size=300 and Ultralytics' export take the
+first N), random, stratified, hard_tail_mix, coverage, and hard_tail_mix[factors] (grouped
+by the VLM's tags, as on a pool without a condition column); K ∈ {16, 64, 300}; MEAN_MINMAX
+and MINMAX; 3 seeds. Each table reports, per cell, the mean gap over seeds, its activation
+part, and the paired bootstrap 95 % interval of its difference from first_n and random.
+
+Then the goal, per K and estimator, for the configured strategy (selection.strategy): gap ≤
+½ first_n's with the interval of the difference excluding 0, and no worse than random (the
+interval of the difference from random does not lie above 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BENCHMARKS = {"realistic": "configs/claim.yaml", "iid": "configs/claim-iid.yaml"}
+STRATEGIES = ["first_n", "random", "stratified", "hard_tail_mix", "coverage"]
+
+
+def verdicts(rows, strategy: str) -> list[str]:
+    """One line per (K, estimator): does `strategy` meet the goal against first_n and random?"""
+    lines = []
+    for row in rows:
+        if row.strategy != strategy:
+            continue
+        first_n = next((r for r in rows if (r.k, r.strategy, r.estimator) == (row.k, "first_n", row.estimator)), None)
+        versus_first, versus_random = row.versus.get("first_n"), row.versus.get("random")
+        if first_n is None or versus_first is None or versus_random is None:
+            lines.append(f"  K={row.k:<4} {row.estimator:<12} n/a (first_n or random missing from the grid)")
+            continue
+        half = row.gap_mean <= 0.5 * first_n.gap_mean and first_n.gap_mean > 0
+        beats = versus_first.high < 0
+        not_worse = versus_random.low <= 0
+        met = half and beats and not_worse
+        lines.append(
+            f"  K={row.k:<4} {row.estimator:<12} {'MET    ' if met else 'not met'}  gap {row.gap_mean:+.4f} vs "
+            f"first_n {first_n.gap_mean:+.4f} (½: {'yes' if half else 'no'}); Δ first_n {versus_first.describe()} "
+            f"({'excludes 0' if versus_first.excludes_zero else 'includes 0'}); Δ random {versus_random.describe()}"
+            f" ({'not worse' if not_worse else 'worse'})"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    parser.add_argument("--estimators", nargs="+", default=["MEAN_MINMAX", "MINMAX"])
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
+    parser.add_argument("--ks", nargs="+", default=["16", "64", "300"])
+    args = parser.parse_args()
+
+    from flows.cli import app
+    from tasks.config import load_config
+
+    for name in args.only or list(BENCHMARKS):
+        config_path = BENCHMARKS[name]
+        strategy = load_config(config_path).selection.strategy
+        started = time.perf_counter()
+        argv = ["ablate", "--config", config_path, "--strategies", *args.strategies, "--estimators", *args.estimators]
+        result = app([*argv, "--seeds", *args.seeds, "--ks", *args.ks], exit_on_error=True)
+        minutes = (time.perf_counter() - started) / 60
+        print(f"\n## {name} benchmark ({config_path}), {result.cells} cells in {minutes:.0f} min\n")
+        print(result.table_markdown)
+        print(f"goal for {strategy} (gap ≤ ½ first_n's, interval excluding 0, no worse than random):")
+        print("\n".join(verdicts(result.rows, strategy)))
+        print(f"table: {result.table_path}")
+
+
+if __name__ == "__main__":
+    main()
