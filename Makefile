@@ -10,8 +10,9 @@ DEMO_DATA := $(abspath data/demo)
 UI_MLFLOW_PORT ?= 5000
 UI_PREFECT_PORT ?= 4200
 UI_PREFECT_HOME ?= $(abspath .prefect)
+GATEWAY_PORT ?= 4000
 
-.PHONY: install demo test lint format bench ui deploy ablation clean
+.PHONY: install demo test lint format bench ui deploy gateway-env gateway ablation clean
 
 install: $(STAMP)
 
@@ -40,7 +41,7 @@ test: lint
 bench: install
 	$(BIN)/python bench/gen_pool.py --n 80000 --workers 2
 
-# Every server and worker below gets its environment from tasks.services.offline_environment:
+# Every server, worker and proxy below gets its environment from tasks.services.offline_environment:
 # offline, MLflow's server (it imports litellm) would otherwise hang fetching litellm's price map.
 
 # MLflow UI on :5000 and Prefect UI on :4200 (UI_MLFLOW_PORT, UI_PREFECT_PORT) for the demo's stores;
@@ -52,6 +53,15 @@ ui: install
 # A local Prefect server (UI on :4200) + process worker, with prefect.yaml's deployments.
 deploy: install
 	$(BIN)/python -m flows.deploy_local deploy
+
+# The LiteLLM proxy's own pinned environment, .venv-gateway, from requirements-gateway.lock
+# (litellm[proxy] needs gunicorn < 24; requirements.lock holds 26.2.0). `make gateway` builds it too.
+gateway-env: install
+	$(BIN)/python -m tasks.testing.gateway_env
+
+# The LiteLLM proxy on :$(GATEWAY_PORT) in front of the reference scorer, keyed by LITELLM_MASTER_KEY.
+gateway: install
+	$(BIN)/python -m tasks.testing.litellm_proxy --port $(GATEWAY_PORT)
 
 # A small ablation grid on the demo data (the full grid: tailcal ablate).
 ablation: install
