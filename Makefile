@@ -11,6 +11,7 @@ UI_MLFLOW_PORT ?= 5000
 UI_PREFECT_PORT ?= 4200
 UI_PREFECT_HOME ?= $(abspath .prefect)
 GATEWAY_PORT ?= 4000
+GATEWAY_DIR ?= $(abspath data/gateway)
 
 .PHONY: install demo test lint format bench ui deploy gateway-env gateway ablation clean
 
@@ -61,7 +62,7 @@ gateway-env: install
 
 # The LiteLLM proxy on :$(GATEWAY_PORT) in front of the reference scorer, keyed by LITELLM_MASTER_KEY.
 gateway: install
-	$(BIN)/python -m tasks.testing.litellm_proxy --port $(GATEWAY_PORT)
+	$(BIN)/python -m tasks.testing.litellm_proxy --port $(GATEWAY_PORT) --work-dir $(GATEWAY_DIR)
 
 # A small ablation grid on the demo data (the full grid: tailcal ablate).
 ablation: install

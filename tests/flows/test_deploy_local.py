@@ -4,8 +4,6 @@ and Ctrl-C stops everything the target started."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 
 from tasks.loopback import free_port
 from tasks.services import OFFLINE_SWITCHES
-from tests.support import ROOT, subprocess_env, wait_until
+from tests.support import ctrl_c, make_target, subprocess_env, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,38 +30,27 @@ def test_make_ui_serves_both_uis_offline_and_ctrl_c_stops_everything_it_started(
     # given `make ui` on free ports and this test's stores, from an environment without the offline switches
     mlflow_port, prefect_port = free_port(), free_port()
     env = {k: v for k, v in subprocess_env().items() if k not in OFFLINE_SWITCHES}
-    # -o: the installed tree counts as current, so the target never installs (the suite runs after `make install`)
-    command = ["make", "--no-print-directory", "-o", ".venv/.tailcal-installed", "ui"]
-    command += [f"UI_MLFLOW_PORT={mlflow_port}", f"UI_PREFECT_PORT={prefect_port}"]
-    command += [f"DEMO_DATA={tmp_path / 'demo'}", f"UI_PREFECT_HOME={tmp_path / 'prefect'}"]
+    variables = {"UI_MLFLOW_PORT": str(mlflow_port), "UI_PREFECT_PORT": str(prefect_port)}
+    variables |= {"DEMO_DATA": str(tmp_path / "demo"), "UI_PREFECT_HOME": str(tmp_path / "prefect")}
     (tmp_path / "demo").mkdir()
     log = tmp_path / "make-ui.log"
+    urls = [f"http://127.0.0.1:{mlflow_port}/health", f"http://127.0.0.1:{prefect_port}/api/health"]
     started = time.monotonic()
-    with log.open("wb") as output:
-        # its own session, as a terminal's foreground job: Ctrl-C goes to the whole group
-        make = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output, start_new_session=True)
-    try:
+    with make_target("ui", variables, log, env) as make:
         # when both UIs answer
-        urls = [f"http://127.0.0.1:{mlflow_port}/health", f"http://127.0.0.1:{prefect_port}/api/health"]
         up = wait_until(lambda: make.poll() is not None or all(_answers(url) for url in urls), START_S, step_s=0.5)
         assert up and make.poll() is None, f"both UIs answer within {START_S} s:\n{log.read_text()[-3000:]}"
         print(f"make ui: both UIs answered {time.monotonic() - started:.1f} s after make started")
-        started_processes = psutil.Process(make.pid).children(recursive=True)
         # then every server runs in the offline environment (the launcher set it; make's environment lacks it)
-        servers = [p for p in started_processes if os.getsid(p.pid) != os.getsid(make.pid)]
-        assert len(servers) >= 2, f"the MLflow and Prefect servers run in sessions of their own: {started_processes}"
+        running = psutil.Process(make.pid).children(recursive=True)
+        servers = [p for p in running if os.getsid(p.pid) != os.getsid(make.pid)]
+        assert len(servers) >= 2, f"the MLflow and Prefect servers run in sessions of their own: {running}"
         for server in servers:
             environ = server.environ()
             missing = {k: v for k, v in OFFLINE_SWITCHES.items() if environ.get(k) != v}
             assert not missing, f"{' '.join(server.cmdline()[:4])} lacks {missing}"
         # when Ctrl-C reaches make's process group
-        os.killpg(make.pid, signal.SIGINT)
-        make.wait(timeout=90)
-    finally:
-        if make.poll() is None:  # only when an assertion failed above
-            for process in psutil.Process(make.pid).children(recursive=True):
-                process.kill()
-            make.kill()
+        started_processes = ctrl_c(make)
     # then nothing it started is left running, and both ports are free
     _, alive = psutil.wait_procs(started_processes, timeout=30)
     assert not alive, f"left running after Ctrl-C: {[p.cmdline()[:4] for p in alive]}"

@@ -11,6 +11,8 @@ reaches it as it reaches any gateway: `gateway.url` and the key in TAILCAL_GATEW
 - A wrong key (401), the proxy's own rpm limit (429) and a request the model rejects (400)
   each end `tailcal score` with exit code 2 and one line: the gateway's URL, its own
   message and what to do, never the key.
+- `make gateway` serves the proxy with the master key from LITELLM_MASTER_KEY until Ctrl-C,
+  which stops everything it started.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import os
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from flows.cli import main
 from tasks.config import RuntimeEnv
+from tasks.loopback import free_port
 from tasks.scoring import passes
 from tasks.scoring.budget import BudgetLedger, to_nano
 from tasks.services import redis_service
 from tasks.testing import gateway_env, proxy_auth
 from tasks.testing.litellm_proxy import LiteLLMProxy, VirtualKey
 from tasks.testing.reference_scorer import BAD_REQUEST_MESSAGE, FaultPlan, ReferenceScorer, ScorerSettings
-from tests.support import write_config
+from tests.support import ctrl_c, make_target, subprocess_env, wait_until, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -179,3 +183,32 @@ def test_a_gateway_side_error_ends_tailcal_score_with_one_line_naming_the_gatewa
     assert key not in err, f"{case}: the key is not printed"
     answered = scorer.stats["ok"] + strict.stats["ok"] - upstream_before
     assert answered <= LIMITED_RPM, f"{case}: only calls the gateway let through were answered: {answered}"
+
+
+def test_make_gateway_serves_the_proxy_with_its_master_key_until_ctrl_c(proxy_environment, tmp_path):
+    # given `make gateway` on a free port with a master key in its environment
+    port = free_port()
+    variables = {"GATEWAY_PORT": str(port), "GATEWAY_DIR": str(tmp_path / "gateway")}
+    env = subprocess_env(LITELLM_MASTER_KEY=MASTER_KEY)
+    log = tmp_path / "make-gateway.log"
+    models = f"http://127.0.0.1:{port}/v1/models"
+
+    def listed(key: str) -> int | None:
+        try:
+            return httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code
+        except httpx.HTTPError:
+            return None
+
+    with make_target("gateway", variables, log, env) as make:
+        # when it answers
+        up = wait_until(lambda: make.poll() is not None or listed(MASTER_KEY) == 200, 240, step_s=0.5)
+        assert up and make.poll() is None, f"the proxy answers with the master key:\n{log.read_text()[-3000:]}"
+        # then it takes the master key and refuses any other
+        assert listed(WRONG_KEY) == 401, "another key is refused"
+        # when Ctrl-C reaches make's process group
+        started = ctrl_c(make)
+    # then the proxy and the scorer are gone
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"left running after Ctrl-C: {[p.cmdline()[:4] for p in alive]}"
+    assert listed(MASTER_KEY) is None, "nothing answers on the proxy's port"
+    assert MASTER_KEY not in log.read_text(), "the key is not printed"
