@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
 from tasks.errors import ServiceError
@@ -138,6 +139,20 @@ class LiteLLMProxy:
         if self._process is not None:
             self._process.stop()
             self._process = None
+
+    def cpu_s(self) -> float:
+        """CPU seconds the proxy (and any process it started) has used so far."""
+        if self._process is None or self._process.pid is None:
+            return 0.0
+        root = psutil.Process(self._process.pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
     def completions(self) -> Counter:
         """Chat completions the proxy answered, by HTTP status, from its own access log."""
