@@ -156,6 +156,8 @@ _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")  # base64 payloads, long toke
 # litellm's wrapping, once or nested (a LiteLLM proxy wraps its upstream's error, the client wraps
 # the proxy's): "litellm.AuthenticationError: AuthenticationError: OpenAIException - <message>"
 _LITELLM_PREFIX = re.compile(r"\A(?:litellm\.\w+:\s*(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?)+")
+# ... and the paragraph it appends ("LiteLLM: model group 'm' failed with the error above. …")
+_LITELLM_SUFFIX = re.compile(r"\s*\n\s*\n\s*(?:LiteLLM:|Received Model Group|Available Model Group).*\Z", re.DOTALL)
 SERVER_MESSAGE_CHARS = 300
 
 
@@ -164,15 +166,15 @@ def server_message(exc: BaseException) -> str | None:
     `param`), else the first line litellm kept of the response. Unredacted: see `redact`.
 
     A LiteLLM proxy passes its upstream's error on inside its own wrapping
-    ("litellm.BadRequestError: OpenAIException - <message>", then a line naming the model
-    group): the wrapping is removed, in the body as in the response text.
+    ("litellm.BadRequestError: OpenAIException - <message>", then a paragraph naming the
+    model group): the wrapping is removed, in the body as in the response text.
     """
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         message = error.get("message")
         if isinstance(message, str) and message.strip():
-            message = _unwrapped(message) or message.strip()
+            message = _LITELLM_SUFFIX.sub("", _LITELLM_PREFIX.sub("", message.strip())) or message.strip()
             param = error.get("param")
             # LiteLLM's proxy sends the text "None" where it has no param
             if isinstance(param, str) and param not in {"", "None", "null"} and param not in message:
@@ -181,11 +183,6 @@ def server_message(exc: BaseException) -> str | None:
     text = getattr(exc, "message", None)
     if not isinstance(text, str) or not text.strip():
         return None
-    return _unwrapped(text)
-
-
-def _unwrapped(text: str) -> str | None:
-    """The first line of `text`, without litellm's "litellm.<Kind>: <Provider>Exception - " prefix."""
     return _LITELLM_PREFIX.sub("", text.strip()).split("\n", 1)[0].strip() or None
 
 

@@ -529,7 +529,7 @@ def _final(exc: Exception) -> bool:
     - a gateway that cannot be reached, retries included.
 
     Timeouts and 5xx are a provider's bad moment: their candidates are recorded as failed and
-    the run goes on. Kinds count as identical by kind and status, not by message: gateways put
+    the run goes on. Failures count as identical by kind and status, not by message: gateways put
     counters and reset times in their messages.
     """
     if _unreachable(exc):
