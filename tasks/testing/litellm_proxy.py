@@ -51,8 +51,8 @@ _ACCESS_LINE = re.compile(r'"POST /(?:v1/)?chat/completions HTTP/[\d.]+" (\d{3})
 class VirtualKey:
     """A key the proxy accepts besides its master key, with the proxy's rpm limit for it."""
 
-    key: str
-    alias: str
+    key: str = field(repr=False)  # a repr (a test's failure report, a log line) never shows a key
+    alias: str = ""
     rpm: int | None = None
 
 
@@ -64,8 +64,8 @@ class LiteLLMProxy:
     """
 
     routes: Mapping[str, str]
-    master_key: str
-    work_dir: Path
+    master_key: str = field(repr=False)
+    work_dir: Path = Path("data/gateway")
     virtual_keys: Sequence[VirtualKey] = ()
     port: int = 0
     start_s: float | None = field(default=None, init=False)
@@ -192,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceError as error:
         print(f"gateway: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the proxy was still starting: it is stopped already
+        pass
     return 0
 
 
