@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tailcal-installed
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_DATA := $(abspath data/demo)
+UI_MLFLOW_PORT ?= 5000
+UI_PREFECT_PORT ?= 4200
+UI_PREFECT_HOME ?= $(abspath .prefect)
+GATEWAY_PORT ?= 4000
+GATEWAY_DIR ?= $(abspath data/gateway)
 
-.PHONY: install demo test lint format bench ui deploy ablation clean
+.PHONY: install demo test lint format bench ui deploy gateway-env gateway ablation clean
 
 install: $(STAMP)
 
@@ -37,20 +42,27 @@ test: lint
 bench: install
 	$(BIN)/python bench/gen_pool.py --n 80000 --workers 2
 
-# MLflow UI on :5000 and Prefect UI on :4200 for the demo's stores; Ctrl-C stops both.
-# MLflow's server imports litellm, which offline hangs fetching its price map unless told not to.
+# Every server, worker and proxy below gets its environment from tasks.services.offline_environment:
+# offline, MLflow's server (it imports litellm) would otherwise hang fetching litellm's price map.
+
+# MLflow UI on :5000 and Prefect UI on :4200 (UI_MLFLOW_PORT, UI_PREFECT_PORT) for the demo's stores;
+# Ctrl-C stops both, with everything they started.
 ui: install
-	@echo "MLflow UI  http://127.0.0.1:5000    Prefect UI  http://127.0.0.1:4200"
-	@trap 'kill 0' INT TERM; \
-	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/mlflow ui --backend-store-uri sqlite:///$(DEMO_DATA)/mlflow.db \
-		--host 127.0.0.1 --port 5000 & \
-	PREFECT_HOME=$(abspath .prefect) PREFECT_SERVER_ANALYTICS_ENABLED=false \
-		$(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
-	wait
+	$(BIN)/python -m flows.deploy_local ui --mlflow-store sqlite:///$(DEMO_DATA)/mlflow.db \
+		--prefect-home $(UI_PREFECT_HOME) --mlflow-port $(UI_MLFLOW_PORT) --prefect-port $(UI_PREFECT_PORT)
 
 # A local Prefect server (UI on :4200) + process worker, with prefect.yaml's deployments.
 deploy: install
-	$(BIN)/python -m flows.deploy_local
+	$(BIN)/python -m flows.deploy_local deploy
+
+# The LiteLLM proxy's own pinned environment, .venv-gateway, from requirements-gateway.lock
+# (litellm[proxy] needs gunicorn < 24; requirements.lock holds 26.2.0). `make gateway` builds it too.
+gateway-env: install
+	$(BIN)/python -m tasks.testing.gateway_env
+
+# The LiteLLM proxy on :$(GATEWAY_PORT) in front of the reference scorer, keyed by LITELLM_MASTER_KEY.
+gateway: install
+	$(BIN)/python -m tasks.testing.litellm_proxy --port $(GATEWAY_PORT) --work-dir $(GATEWAY_DIR)
 
 # A small ablation grid on the demo data (the full grid: tailcal ablate).
 ablation: install

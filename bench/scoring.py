@@ -1,4 +1,5 @@
-"""Scoring figures: throughput vs its bound, the cache-hit path, and the burst hit rate.
+"""Scoring figures: throughput vs its bound, the cache-hit path, the burst hit rate, and the
+latency a LiteLLM proxy in the path adds.
 
     .venv/bin/python bench/scoring.py                # ≥ 5,000 candidates at 200 ms latency
     .venv/bin/python bench/scoring.py --n 1000       # quicker look
@@ -10,6 +11,10 @@
     included), and ScoreCache.lookup p50/p99.
 (c) cache hit rate on a demo-like pool with production-line bursts, beside the ideal rate
     (the share of frames that are not the first of their burst).
+(d) gateway in the path: the same cache-miss calls at the same concurrency, straight to the
+    reference scorer and through the LiteLLM proxy in front of it (its own environment,
+    .venv-gateway, built when missing); per-call latency as the client sees it, and what the
+    proxy adds. Both share the machine's cores with the client, as a proxy beside it would.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from tasks.scoring.passes import open_session, score_shard
 from tasks.scoring.prompts import load_template
 from tasks.scoring.ratelimit import RateLimiter
 from tasks.scoring.results import summarize
-from tasks.services import redis_service
+from tasks.services import offline_environment, redis_service
 from tasks.synth.write import write_pool
+from tasks.testing.litellm_proxy import LiteLLMProxy
 
 SHARD = 512
 SHARDS_AT_ONCE = 2  # the release cycle's ThreadPoolTaskRunner(max_workers=2)
@@ -89,6 +95,7 @@ def start_scorer(latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "reference-scorer", "--port", "0", "--latency-s", str(latency)],
         cwd=Path(__file__).resolve().parents[1],
+        env=offline_environment(),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -129,10 +136,48 @@ def throughput(work: Path, rows: list[Row], api_base: str, concurrency: int, rpm
     )
 
 
+def call_latencies(work: Path, name: str, rows: list[Row], api_base: str, concurrency: int) -> tuple[np.ndarray, float]:
+    """Per-call latency (ms) of every paid call scoring `rows` through `api_base`, and the wall time."""
+    with redis_service(RuntimeEnv(), work / f"valkey-gateway-{name}-{concurrency}") as redis:
+        session = open_session(setup(concurrency, None, 1), redis.client, api_base, "bench-master-key", template())
+        records, wall = run_shards(session, rows)
+    return np.array([r.latency_s for r in records if r.status == "scored"]) * 1000, wall
+
+
+def gateway_in_the_path(work: Path, rows: list[Row], api_base: str, latency: float) -> None:
+    """(d): the same calls straight to the scorer and through the LiteLLM proxy, one load at a time."""
+    with LiteLLMProxy({"reference-vlm": api_base}, "bench-master-key", work / "litellm-proxy") as proxy:
+        print(
+            f"(d) gateway in the path: LiteLLM proxy answered {proxy.start_s:.1f} s after start;"
+            f" scorer latency {latency * 1000:.0f} ms"
+        )
+        for concurrency, calls in ((1, rows[:100]), (8, rows)):
+            figures = {}
+            for name, base in (("direct", api_base), ("proxy", proxy.base_url)):
+                cpu_before = proxy.cpu_s()
+                ms, wall = call_latencies(work, name, calls, base, concurrency)
+                figures[name] = ms
+                p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+                proxy_ms = (proxy.cpu_s() - cpu_before) * 1000 / len(ms)
+                cpu = f"; proxy CPU {proxy_ms:.1f} ms/call" if name == "proxy" else ""
+                print(
+                    f"  concurrency {concurrency}, {name:>6}: {len(ms)} calls in {wall:.1f} s = {len(ms) / wall:.1f}/s;"
+                    f" latency mean {ms.mean():.1f} ms, p50 {p50:.1f}, p90 {p90:.1f}, p99 {p99:.1f}{cpu}"
+                )
+            direct, proxied = figures["direct"], figures["proxy"]
+            added = {q: np.percentile(proxied, q) - np.percentile(direct, q) for q in (50, 99)}
+            print(
+                f"  concurrency {concurrency}: the proxy adds {proxied.mean() - direct.mean():.1f} ms per call"
+                f" on average (p50 {added[50]:+.1f} ms, p99 {added[99]:+.1f} ms)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="distinct candidates for (a) and (b)")
     parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--gateway-n", type=int, default=1000, help="distinct candidates for (d); 0 skips it")
+    parser.add_argument("--gateway-only", action="store_true", help="run (d) alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tailcal-bench-") as tmp:
         work = Path(tmp)
@@ -141,6 +186,9 @@ def main() -> None:
         distinct, bursty = load_rows(work / "distinct"), load_rows(work / "bursty")
         proc, api_base = start_scorer(args.latency)
         try:
+            if args.gateway_only:
+                gateway_in_the_path(work, distinct[: args.gateway_n], api_base, args.latency)
+                return
             print(
                 f"(a) throughput, cache-miss path, {len(distinct)} distinct candidates,"
                 f" latency {args.latency * 1000:.0f} ms"
@@ -178,6 +226,8 @@ def main() -> None:
                 f" (ideal {ideal:.3f}: frames that are not the first of their burst);"
                 f" {summary.calls} calls, €{summary.spend_eur:.4f}, Spearman(pass 0, pass 1) {summary.spearman:.3f}"
             )
+            if args.gateway_n:
+                gateway_in_the_path(work, distinct[: args.gateway_n], api_base, args.latency)
         finally:
             proc.terminate()
             proc.wait()

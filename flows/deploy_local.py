@@ -1,22 +1,32 @@
-"""A local Prefect server + process worker with this project's deployments (`make deploy`).
+"""Local servers for the demo's stores: `make deploy` and `make ui`.
 
-Workers refuse the ephemeral API, so deployments need a real server. This starts one on
-127.0.0.1, creates the `tailcal-process` work pool, runs `prefect deploy --all` from the
-project directory (the one holding prefect.yaml, the working directory by default) and
-starts a worker; the e2e deployment test uses the same class.
+- `make deploy` (`python -m flows.deploy_local deploy`): workers refuse the ephemeral API,
+  so deployments need a real server. This starts one on 127.0.0.1, creates the
+  `tailcal-process` work pool, runs `prefect deploy --all` from the project directory (the
+  one holding prefect.yaml, the working directory by default) and starts a worker; the e2e
+  deployment test uses the same class.
+- `make ui` (`python -m flows.deploy_local ui`): the MLflow UI and the Prefect UI on the
+  demo's stores, until Ctrl-C.
+
+Every process here is a `tasks.services.ServerProcess`: it gets the offline environment
+(`offline_environment`), and Ctrl-C (or SIGTERM) stops it with everything it spawned.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
+from tasks.errors import ServiceError
+from tasks.services import ServerProcess, offline_environment
 
 WORK_POOL = "tailcal-process"
+SERVER_START_S = 180  # a Prefect or MLflow server on a busy 2-core machine
 
 
 class LocalPrefect:
@@ -28,16 +38,15 @@ class LocalPrefect:
             )
         self.project = project
         self.port = port
+        self.home = home.resolve()
         self.api_url = f"http://127.0.0.1:{port}/api"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home.resolve()),
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "TAILCAL_CHECKOUT": str(project),
-        }
-        self._processes: list[subprocess.Popen] = []
+        self.env = offline_environment(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_WORKER_QUERY_SECONDS="2",
+            TAILCAL_CHECKOUT=str(project),
+        )
+        self.processes: list[ServerProcess] = []
         self._prefect = [sys.executable, "-m", "prefect"]
 
     def __enter__(self) -> LocalPrefect:
@@ -61,56 +70,98 @@ class LocalPrefect:
         return result
 
     def start(self) -> None:
-        server = [*self._prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._spawn(server, "server.log")
-        self._wait_healthy(timeout_s=180)
+        server = self._spawn("Prefect server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        server.wait_until_answers(f"{self.api_url}/health", SERVER_START_S)
         self.prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
         self.prefect("--no-prompt", "deploy", "--all")
-        self._spawn([*self._prefect, "worker", "start", "--pool", WORK_POOL], "worker.log")
+        self._spawn("Prefect worker", ["worker", "start", "--pool", WORK_POOL])
 
     def stop(self) -> None:
-        for process in reversed(self._processes):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        self._processes.clear()
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
 
-    def _spawn(self, command: list[str], log_name: str) -> None:
-        log_path = Path(self.env["PREFECT_HOME"]) / log_name
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self._processes.append(subprocess.Popen(command, env=self.env, cwd=self.project, stdout=log, stderr=log))
-
-    def _wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self._processes[0].poll() is not None:
-                raise RuntimeError(f"prefect server exited; see {self.env['PREFECT_HOME']}/server.log")
-            time.sleep(1)
-        raise RuntimeError(f"prefect server did not answer on {self.api_url} within {timeout_s:.0f} s")
+    def _spawn(self, name: str, args: list[str]) -> ServerProcess:
+        log_path = self.home / f"{name.split()[-1]}.log"
+        process = ServerProcess(name, [*self._prefect, *args], env=self.env, cwd=self.project, log_path=log_path)
+        self.processes.append(process)
+        process.start()
+        return process
 
 
-def main() -> None:
+def serve_ui(mlflow_store: str, prefect_home: Path, mlflow_port: int, prefect_port: int) -> int:
+    """Serve the MLflow UI on `mlflow_store` and the Prefect UI on `prefect_home`'s database
+    until Ctrl-C or SIGTERM; return the exit code (1 when a server stopped on its own)."""
+    address = ["--host", "127.0.0.1", "--port", str(mlflow_port)]
+    # one person's UI: one worker starts fastest (MLflow's default is 4)
+    mlflow = ServerProcess(
+        "MLflow UI",
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", mlflow_store, *address, "--workers", "1"],
+    )
+    prefect = ServerProcess(
+        "Prefect UI",
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+        env=offline_environment(PREFECT_HOME=str(prefect_home.resolve())),
+    )
+    servers = [mlflow, prefect]
+    # SIGTERM (from `kill`, a supervisor) stops the servers as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for server in servers:
+            server.start()
+        mlflow.wait_until_answers(f"http://127.0.0.1:{mlflow_port}/health", SERVER_START_S)
+        prefect.wait_until_answers(f"http://127.0.0.1:{prefect_port}/api/health", SERVER_START_S)
+        print(
+            f"MLflow UI  http://127.0.0.1:{mlflow_port}    Prefect UI  http://127.0.0.1:{prefect_port}"
+            "    (Ctrl-C stops both)",
+            flush=True,
+        )
+        while all(server.alive() for server in servers):
+            time.sleep(0.5)
+        stopped = next(server.name for server in servers if not server.alive())
+        print(f"the {stopped} stopped on its own; stopping the other", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except ServiceError as error:
+        print(f"make ui: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def deploy() -> int:
     with LocalPrefect(Path.cwd() / ".prefect-server") as local:
         print(f"Prefect UI  http://127.0.0.1:{local.port}   (API {local.api_url})")
         print("deployments: calibration-release-cycle/release-cycle (weekly), calibration-ablation/ablation")
         print(f"in another shell:  export PREFECT_API_URL={local.api_url}")
         print("  .venv/bin/prefect deployment run 'calibration-release-cycle/release-cycle' \\")
         print("      --param config_path=configs/demo.yaml --param strategy=random --param k=256")
-        print("worker running; Ctrl-C stops the worker and the server")
+        print("worker running; Ctrl-C stops the worker and the server", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy_local", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("deploy", help="Prefect server + process worker + prefect.yaml's deployments (default)")
+    ui = commands.add_parser("ui", help="MLflow UI and Prefect UI for the demo's stores")
+    ui.add_argument("--mlflow-store", default=f"sqlite:///{Path('data/demo/mlflow.db').resolve()}")
+    ui.add_argument("--prefect-home", type=Path, default=Path(".prefect"))
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--prefect-port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    if args.command == "ui":
+        return serve_ui(args.mlflow_store, args.prefect_home, args.mlflow_port, args.prefect_port)
+    return deploy()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.stages import flow_run_tags, prepare_benchmark
 from tasks import tracking
 from tasks.config import Override, RuntimeEnv, ScoringSetup, TailcalConfig, load_for
-from tasks.services import RedisService, gateway_endpoint, redis_service
+from tasks.services import RedisService, gateway_endpoint, offline_environment, redis_service
 
 if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
     from tasks.ingest import Candidate
@@ -151,7 +151,8 @@ def _worker_environment() -> dict[str, str]:
         from prefect.server.api.server import SubprocessASGIServer
 
         url = SubprocessASGIServer().api_url  # the ephemeral server of this process, already running
-    return {"PREFECT_API_URL": str(url), "PREFECT_HOME": str(settings.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    # Nanny adds these to the environment its worker inherits from this process.
+    return offline_environment({}, PREFECT_API_URL=str(url), PREFECT_HOME=str(settings.home))
 
 
 @dataclass(frozen=True)

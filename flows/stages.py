@@ -43,11 +43,16 @@ if TYPE_CHECKING:
 
 
 def flow_run_tags() -> dict[str, str]:
-    """MLflow tags that link a run to the Prefect flow run that made it."""
-    return {
-        "prefect.flow_run_id": str(flow_run.get_id() or ""),
-        "prefect.flow_run_url": flow_run.get_flow_run_ui_url() or "",
-    }
+    """MLflow tags that link a run to the Prefect flow run that made it.
+
+    The link (`prefect.flow_run_url`) is set only when `PREFECT_UI_URL` names a UI, as it does
+    under a Prefect server: the ephemeral API has none, and Prefect would format "None/flow-runs/…".
+    """
+    tags = {"prefect.flow_run_id": str(flow_run.get_id() or "")}
+    url = flow_run.get_flow_run_ui_url()
+    if url and url.startswith(("http://", "https://")):
+        tags["prefect.flow_run_url"] = url
+    return tags
 
 
 @task(name="prepare-benchmark")

@@ -4,6 +4,8 @@
   lives under the data directory, so the score cache and budget ledger survive runs.
 - MLflow: `MLFLOW_TRACKING_URI` when set, else SQLite under the data directory.
 - Prefect: the ephemeral API with a private `PREFECT_HOME`, unless `PREFECT_API_URL` is set.
+- Processes tailcal starts (the MLflow and Prefect servers of `make ui` and `make deploy`, Prefect
+  workers, the LiteLLM proxy): `ServerProcess`, always in `offline_environment()`.
 
 Services are started by the caller (a flow or a test) and handed to stages; stages never
 start services themselves.
@@ -14,11 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import redis
 
 from tasks.config import GatewayConfig, RuntimeEnv
@@ -203,3 +209,129 @@ def prefect_environment(home: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     return {name: value for name, value in defaults.items() if name not in os.environ}
+
+
+# What keeps each library in a process tailcal starts from reaching the internet. Offline, the
+# first one is not just slow: litellm fetches its price map at import, and a server that imports
+# it (MLflow's does) deadlocks on the import lock and never answers. The LITELLM_LOCAL_* switches
+# cover every remote file litellm 1.106.2 (the proxy included) fetches; tailcal registers its own
+# prices, and the packaged copies serve the rest. MLflow and Prefect servers send usage telemetry.
+OFFLINE_SWITCHES: dict[str, str] = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "LITELLM_LOCAL_AUTOROUTER_PRESETS": "True",
+    "LITELLM_LOCAL_BLOG_POSTS": "True",
+    "LITELLM_LOCAL_POLICY_TEMPLATES": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def offline_environment(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a process tailcal starts: `base` (this process's environment by
+    default) with each of `OFFLINE_SWITCHES` that it does not set, then `extra`.
+
+    Every server, worker and proxy tailcal or its Makefile starts takes its environment from
+    here, and their children inherit it. A switch the caller set deliberately is kept.
+    """
+    env = dict(os.environ if base is None else base)
+    for name, value in OFFLINE_SWITCHES.items():
+        env.setdefault(name, value)
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A long-running process tailcal starts (a server, a worker, a proxy), stopped with all it spawned.
+
+    It runs in its own session, so stopping it reaches every process it started (uvicorn and
+    gunicorn workers, a flow run's subprocess), and a terminal's Ctrl-C reaches only the
+    launcher, which stops its servers in order. Its environment is `offline_environment(env)`.
+    Output goes to `log_path` (appended), or to this process's own stdout and stderr when None.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.env = offline_environment(env)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        output = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=self.cwd, stdout=output, stderr=output, start_new_session=True
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot start the {self.name} ({self.command[0]}: {exc.strerror})") from None
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own descriptor
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_until_answers(self, url: str, timeout_s: float) -> float:
+        """Poll `url` until it answers 200; return the seconds that took.
+
+        Raises ServiceError naming the server and its log when it exits or stays silent.
+        """
+        started = time.monotonic()
+        where = f"; see {self.log_path}" if self.log_path else ""
+        while time.monotonic() - started < timeout_s:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            if not self.alive():
+                raise ServiceError(f"the {self.name} exited before it answered on {url}{where}")
+            time.sleep(0.25)
+        raise ServiceError(f"the {self.name} did not answer on {url} within {timeout_s:.0f} s{where}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL to what is left after `timeout_s`."""
+        if self.process is None:
+            return
+        group = self.process.pid  # its own session: the group id is its pid
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _group_alive(group, self.process):
+            time.sleep(0.1)
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait()
+
+
+def _group_alive(group: int, leader: subprocess.Popen) -> bool:
+    """True while any process of the group is left (the leader reaped as it exits)."""
+    leader.poll()
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -8,11 +8,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,3 +222,39 @@ def darken(jpeg: bytes, factor: float = 0.25):
 
     with Image.open(io.BytesIO(jpeg)) as image:
         return (np.asarray(image.convert("RGB"), np.float32) * factor).astype(np.uint8)
+
+
+# --- make targets ---
+
+
+@contextmanager
+def make_target(target: str, variables: dict[str, str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`make <target> NAME=value…` as a terminal runs it: in a session of its own, so a Ctrl-C
+    (`ctrl_c`) reaches the whole group. `-o` counts the installed tree as current, so the target
+    never installs (the suite runs after `make install`). Output goes to `log`. Whatever still
+    runs when the block ends (an assertion failed first) is killed."""
+    import psutil
+
+    command = ["make", "--no-print-directory", "-o", ".venv/.tailcal-installed", target]
+    command += [f"{name}={value}" for name, value in variables.items()]
+    with log.open("wb") as output:
+        make = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output, start_new_session=True)
+    try:
+        yield make
+    finally:
+        if make.poll() is None:
+            for process in psutil.Process(make.pid).children(recursive=True):
+                process.kill()
+            make.kill()
+            make.wait()
+
+
+def ctrl_c(make: subprocess.Popen, timeout_s: float = 90) -> list:
+    """SIGINT to `make`'s process group, as Ctrl-C in its terminal; wait for make to end. Returns
+    the processes that ran under it (psutil.Process), to check that none is left."""
+    import psutil
+
+    started = psutil.Process(make.pid).children(recursive=True)
+    os.killpg(make.pid, signal.SIGINT)
+    make.wait(timeout=timeout_s)
+    return started

@@ -153,25 +153,37 @@ _DATA_URI = re.compile(r"data:[\w/+.-]*;base64,[A-Za-z0-9+/=]*")
 _BEARER = re.compile(r"(?i)\bbearer\s+\S+")
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{6,}")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")  # base64 payloads, long tokens
-_LITELLM_PREFIX = re.compile(r"\Alitellm\.\w+:\s*(?:\w+Exception\s*-\s*)?")
+# litellm's wrapping, once or nested (a LiteLLM proxy wraps its upstream's error, the client wraps
+# the proxy's): "litellm.AuthenticationError: AuthenticationError: OpenAIException - <message>"
+_LITELLM_PREFIX = re.compile(r"\A(?:litellm\.\w+:\s*(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?)+")
+# ... and the paragraph it appends ("LiteLLM: model group 'm' failed with the error above. …")
+_LITELLM_SUFFIX = re.compile(r"\s*\n\s*\n\s*(?:LiteLLM:|Received Model Group|Available Model Group).*\Z", re.DOTALL)
 SERVER_MESSAGE_CHARS = 300
 
 
 def server_message(exc: BaseException) -> str | None:
     """The gateway's own error message: an OpenAI-style body's `error.message` (and its
-    `param`), else the first line litellm kept of the response. Unredacted: see `redact`."""
+    `param`), else the first line litellm kept of the response. Unredacted: see `redact`.
+
+    A LiteLLM proxy passes its upstream's error on inside its own wrapping
+    ("litellm.BadRequestError: OpenAIException - <message>", then a paragraph naming the
+    model group): the wrapping is removed, in the body as in the response text.
+    """
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         message = error.get("message")
         if isinstance(message, str) and message.strip():
+            message = _LITELLM_SUFFIX.sub("", _LITELLM_PREFIX.sub("", message.strip())) or message.strip()
             param = error.get("param")
-            return f"{message.strip()} (param {param})" if isinstance(param, str) and param not in message else message
+            # LiteLLM's proxy sends the text "None" where it has no param
+            if isinstance(param, str) and param not in {"", "None", "null"} and param not in message:
+                return f"{message} (param {param})"
+            return message
     text = getattr(exc, "message", None)
     if not isinstance(text, str) or not text.strip():
         return None
-    text = _LITELLM_PREFIX.sub("", text.strip()).split("\n", 1)[0].strip()
-    return text or None
+    return _LITELLM_PREFIX.sub("", text.strip()).split("\n", 1)[0].strip() or None
 
 
 class GatewayClient:

@@ -5,9 +5,11 @@ near-duplicates are scored leaders-first: the first frame of each near-duplicate
 sent, the rest wait and then hit the cache, so a burst is paid once, not once per frame.
 Every candidate ends as `scored`, `cached`, `failed` (with the reason) or `unscored`
 (budget exhausted under `cached_only`). When `gateway.max_identical_errors` identical
-non-retryable failures arrive in a row (a scored call resets the count), every shard of the
-process stops sending and raises `GatewayError` naming the failure: calls already in flight
-finish, settle and are cached first.
+failures that retrying does not fix arrive in a row (a scored call resets the count), every
+shard of the process stops sending and raises `GatewayError` naming the gateway, its own
+message and the fix: calls already in flight finish, settle and are cached first. Those
+failures are a request the gateway rejects (4xx), a rate limit that outlasted every retry,
+a gateway that cannot be reached, and a reply that asking again cannot mend.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import redis
 
 from tasks.config import GatewayConfig, ScoringSetup
 from tasks.errors import GatewayError, ServiceError
+from tasks.redaction import mask_url
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
 from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image, server_message
@@ -247,14 +250,15 @@ class _ErrorStreak:
         if self.stop is None:
             self.counts.clear()
 
-    def failed(self, reason: str, limit: int, fix: str) -> None:
-        """Count a non-retryable failure; raise GatewayError once `limit` identical ones came in a row."""
-        self.counts[reason] += 1
-        if self.stop is None and self.counts[reason] >= limit:
+    def failed(self, kind: str, reason: str, limit: int, fix: str, gateway: str) -> None:
+        """Count a failure of `kind` that retrying does not fix; raise GatewayError, with the latest
+        `reason`, once `limit` of one kind came in a row."""
+        self.counts[kind] += 1
+        if self.stop is None and self.counts[kind] >= limit:
             self.stop = (
-                f"scoring stopped after {limit} identical non-retryable failures in a row, and nothing more "
-                f"is sent: {reason.rstrip('.')}. {fix} Then rerun: what was scored is cached and is not paid again. If "
-                f"failures like this are expected, raise gateway.max_identical_errors (now {limit})."
+                f"scoring stopped after {limit} identical failures in a row from the gateway at {mask_url(gateway)}, "
+                f"and nothing more is sent: {reason.rstrip('.')}. {fix} Then rerun: what was scored is cached and is "
+                f"not paid again. If failures like this are expected, raise gateway.max_identical_errors (now {limit})."
             )
             self.refused_at = time.monotonic()
             log.error("%s", self.stop)
@@ -361,7 +365,7 @@ async def _call(
             if exc.retryable:
                 continue
             session.metrics.requests.labels(model=exc.model, outcome="failed").inc()
-            streak.failed(reason, limit, _fix_for(None))
+            streak.failed(reason, reason, limit, _fix_for(None, session.setup.gateway), session.gateway.api_base)
             return ScoreRecord(
                 candidate_id, pass_index, "failed", None, model=exc.model, cost_eur=paid_invalid_eur, reason=reason
             )
@@ -369,8 +373,9 @@ async def _call(
             await _settle(session, token, worst, 0.0, model)
             session.metrics.requests.labels(model=model, outcome="failed").inc()
             reason = _describe(exc, session.gateway.redact)
-            if not _retryable(exc):
-                streak.failed(reason, limit, _fix_for(exc, session.setup.gateway.key_env))
+            if _final(exc):
+                fix = _fix_for(exc, session.setup.gateway)
+                streak.failed(_kind(exc), reason, limit, fix, session.gateway.api_base)
             return ScoreRecord(
                 candidate_id,
                 pass_index,
@@ -468,36 +473,97 @@ async def _post_alert(session: ScoringSession, spent_eur: float) -> None:
         log.warning("budget alert webhook failed (%s); the alert is still logged and counted", exc)
 
 
+def _kind(exc: Exception) -> str:
+    """The error's kind and HTTP status, e.g. "RateLimitError (HTTP 429)"; "APIConnectionError"
+    when no gateway answered (litellm reports that as an HTTP 500 no server sent)."""
+    if _unreachable(exc):
+        return "APIConnectionError"
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__} (HTTP {status})" if status else type(exc).__name__
+
+
 def _describe(exc: Exception, redact: Callable[[str], str]) -> str:
     """A failure reason: the error's kind, HTTP status and the gateway's own message, passed
     through `redact` (`GatewayClient.redact`) so no key or request payload is kept."""
-    status = getattr(exc, "status_code", None)
-    kind = type(exc).__name__
-    head = f"{kind} (HTTP {status})" if status else kind
-    if isinstance(exc, openai.APITimeoutError | TimeoutError | httpx.TimeoutException):
+    head = _kind(exc)
+    if _timed_out(exc):
         return f"{head}: no reply within gateway.timeout_s, retries included"
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):  # no server message: say so plainly
+    if _unreachable(exc):  # no server message: say so plainly
         return f"{head}: the gateway could not be reached"
     message = server_message(exc)
     return f"{head}: {redact(message)}" if message else head
 
 
-def _retryable(exc: Exception) -> bool:
-    """Whether sending the same request again could succeed: not for a 4xx other than timeout,
-    conflict or rate limit (the gateway judged the request itself, and would judge it the same)."""
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, openai.APITimeoutError | TimeoutError | httpx.TimeoutException)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _unreachable(exc: Exception) -> bool:
+    """No gateway answered: the connection was refused, reset or never made.
+
+    litellm raises this as an InternalServerError (HTTP 500, "Connection error.") that no
+    server sent; the exceptions it was raised from say what happened. A timeout is not one:
+    a slow gateway is not a missing one (openai's APITimeoutError is an APIConnectionError).
+    """
+    causes = _causes(exc)
+    connection = (openai.APIConnectionError, httpx.TransportError, ConnectionError)
+    return any(isinstance(c, connection) for c in causes) and not any(_timed_out(c) for c in causes)
+
+
+def _final(exc: Exception) -> bool:
+    """Whether this failure, as it reached the client after the Router's retries, would come back
+    on the next call, so that a row of them stops the run (`gateway.max_identical_errors`):
+
+    - a 4xx other than timeout or conflict: the gateway judged the request itself (or the key);
+    - a 429 that outlasted every retry and its Retry-After waits: the gateway's limit for this
+      key is below what the client sends;
+    - a gateway that cannot be reached, retries included.
+
+    Timeouts and 5xx are a provider's bad moment: their candidates are recorded as failed and
+    the run goes on. Failures count as identical by kind and status, not by message: gateways put
+    counters and reset times in their messages.
+    """
+    if _unreachable(exc):
+        return True
     status = getattr(exc, "status_code", None)
-    return not (isinstance(status, int) and 400 <= status < 500 and status not in {408, 409, 429})
+    return isinstance(status, int) and 400 <= status < 500 and status not in {408, 409}
 
 
-def _fix_for(exc: Exception | None, key_env: str = "") -> str:
+# The message a LiteLLM proxy without a database answers to any key but its master key.
+_LITELLM_NO_DB = "No connected db"
+
+
+def _fix_for(exc: Exception | None, gateway: GatewayConfig) -> str:
     """What to do about a failure that stopped the run (the reason names the cause)."""
     status = getattr(exc, "status_code", None)
     if exc is None:
         return "The model gives this answer for every image: fix what the reason names (a setting, the prompt)."
+    if _unreachable(exc):
+        return "Nothing answered at that address: check gateway.url, and that the gateway is running and reachable."
     if status in {401, 403}:
-        return f"The gateway refused the virtual key: check the key in the {key_env} environment variable."
+        return f"The gateway refused the virtual key: check the key in the {gateway.key_env} environment variable."
+    if status == 400 and _LITELLM_NO_DB in (server_message(exc) or ""):
+        return (
+            "A LiteLLM proxy without a database answers this to every key but its master key: check the key "
+            f"in the {gateway.key_env} environment variable."
+        )
     if status == 404:
         return "The gateway does not know the model or route: check gateway.url and gateway.models[].name."
+    if status == 429:
+        return (
+            f"The gateway kept refusing with 429 (its rate or budget limit for this key) through "
+            f"gateway.max_retries={gateway.max_retries} retries: set gateway.rpm below the gateway's limit for this "
+            "key, or have that limit raised."
+        )
     return (
         "The gateway rejected the request as sent: make what its message names acceptable to it (a model that "
         "takes the parameter, a gateway setting)."

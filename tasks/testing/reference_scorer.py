@@ -147,8 +147,9 @@ def _completion(
 
 def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]]) -> FastAPI:
     """The ASGI app. `stats` counts requests by outcome (plus `in_flight` and its
-    `peak_in_flight`); `answered` lists (image sha256[:16], seed) for every completion
-    returned, i.e. every call a real provider would bill."""
+    `peak_in_flight`, and the `prompt_tokens` and `completion_tokens` of every completion
+    returned); `answered` lists (image sha256[:16], seed) for every completion returned,
+    i.e. every call a real provider would bill."""
     app = FastAPI(title="tailcal reference scorer (not a VLM)")
     faults = settings.faults
     draw = random.Random(faults.seed)
@@ -255,12 +256,14 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
         elif outcome == "refusal":
             content, refusal = None, REFUSAL_TEXT
         stats[outcome] += 1
-        with lock:
-            answered.append((digest.hex()[:16], int(seed)))
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
         prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
         model = body.get("model", "reference-vlm")
         completion = _completion(model, content, prompt_tokens, finish_reason, refusal, completion_tokens)
+        with lock:  # what a provider bills: the call, and its tokens (reported or not)
+            answered.append((digest.hex()[:16], int(seed)))
+            stats["prompt_tokens"] += completion["usage"]["prompt_tokens"]
+            stats["completion_tokens"] += completion["usage"]["completion_tokens"]
         if not settings.report_usage:
             del completion["usage"]
         return completion

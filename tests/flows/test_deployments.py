@@ -3,11 +3,13 @@
 
 import json
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
 from flows.deploy_local import LocalPrefect
 from tasks.loopback import free_port
+from tasks.services import OFFLINE_SWITCHES
 from tests.support import write_config
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +25,15 @@ def test_release_cycle_is_deployed_weekly_with_production_parameters(local_prefe
     out = local_prefect.prefect("deployment", "inspect", "calibration-release-cycle/release-cycle").stdout
     assert "0 3 * * 1" in out, f"weekly cron schedule: {out[-1500:]}"
     assert "configs/release.yaml" in out, "production parameters"
+
+
+def test_the_server_and_the_worker_run_in_the_offline_environment(local_prefect):
+    # the worker's flow runs inherit its environment: offline, litellm would fetch its price map
+    assert [p.name for p in local_prefect.processes] == ["Prefect server", "Prefect worker"], local_prefect.processes
+    for process in local_prefect.processes:
+        environ = psutil.Process(process.pid).environ()
+        missing = {k: v for k, v in OFFLINE_SWITCHES.items() if environ.get(k) != v}
+        assert process.alive() and not missing, f"the {process.name} runs offline: missing {missing}"
 
 
 def test_drift_monitor_is_deployed_daily(local_prefect):

@@ -16,6 +16,7 @@ import pytest
 
 from tasks.errors import GatewayError
 from tasks.ingest.models import IngestReport
+from tasks.loopback import free_port
 from tasks.scoring import passes
 from tasks.scoring.job import score_pool
 from tasks.scoring.passes import score_shard
@@ -149,3 +150,17 @@ def test_the_same_failure_among_scored_calls_does_not_stop_a_run(redis_client, d
     assert set(statuses) == {"scored", "failed"} and len(records) == 60, f"the run finished: {statuses}"
     assert statuses["failed"] > limit, f"more failures than the limit in all ({statuses}), none {limit} in a row"
     assert all(BAD_REQUEST_MESSAGE in r.reason for r in records if r.status == "failed"), "each names the cause"
+
+
+def test_a_gateway_that_cannot_be_reached_stops_the_job_naming_its_url(redis_url, distinct_pool, tmp_path):
+    # given a gateway URL where nothing listens, and a limit of 3
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = scoring_config(gateway={"url": url, "concurrency": 2, "max_retries": 0, "max_identical_errors": 3})
+    candidates = [_Candidate(r.id, r.image) for r in rows(distinct_pool, 500, 40)]
+    # when the pool is scored
+    with pytest.raises(GatewayError) as stopped:
+        _run_job(config, redis_url, url, candidates, tmp_path)
+    # then the job stops, naming the address and what to check, instead of failing every candidate
+    message = str(stopped.value)
+    assert f"from the gateway at {url}" in message and "could not be reached" in message, message
+    assert "check gateway.url" in message, f"names the fix: {message}"

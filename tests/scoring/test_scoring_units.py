@@ -2,10 +2,13 @@
 
 from dataclasses import dataclass
 
+import httpx
+import openai
 import pytest
 
+from tasks.config import GatewayConfig
 from tasks.scoring.gateway import ReplyError, parse_reply, reply_problem, server_message
-from tasks.scoring.passes import ScoreRecord, _leaders_first
+from tasks.scoring.passes import ScoreRecord, _final, _fix_for, _leaders_first
 from tasks.scoring.ratelimit import LATE_WAKE_S, slot_interval_s
 from tasks.scoring.results import CostForecast, scores_table, summarize
 from tasks.scoring.shards import read_shard_log, shard_fingerprint, write_shard_log
@@ -118,6 +121,70 @@ def test_the_server_message_comes_from_the_error_body_or_the_first_line():
     raw = "litellm.BadRequestError: OpenAIException - <html>400 Bad Request</html>\n\nLiteLLM: model group failed"
     assert server_message(_Rejected(None, raw)) == "<html>400 Bad Request</html>", "litellm's wrapping is removed"
     assert server_message(_Rejected(None, "")) is None, "no message: none is invented"
+
+
+def test_a_litellm_proxys_wrapping_is_removed_from_its_message():
+    # given errors as litellm's client raises them for a LiteLLM proxy's answers (wrapped twice)
+    auth = "litellm.AuthenticationError: AuthenticationError: OpenAIException - Authentication Error: bad key\n\nx"
+    nested = "litellm.BadRequestError: OpenAIException - Invalid parameter: 'seed'.\n\nLiteLLM: model group 'm' failed"
+    body = {"message": nested, "type": "invalid_request_error", "param": "None", "code": "400"}
+    # then the message is the gateway's own, on one line, without "(param None)"
+    assert server_message(_Rejected(None, auth)) == "Authentication Error: bad key", "the proxy's 401 message"
+    assert server_message(_Rejected(body)) == "Invalid parameter: 'seed'.", "the upstream's 400 through the proxy"
+
+
+def _status_error(kind: type[openai.APIStatusError], status: int, message: str = "refused") -> openai.APIStatusError:
+    request = httpx.Request("POST", "http://gateway.test/v1/chat/completions")
+    return kind(message, response=httpx.Response(status, request=request), body={"message": message})
+
+
+def _raised_from(exc: Exception, cause: Exception) -> Exception:
+    exc.__cause__ = cause
+    return exc
+
+
+def test_a_row_of_failures_stops_the_run_only_when_retrying_cannot_mend_them():
+    request = httpx.Request("POST", "http://gateway.test/v1/chat/completions")
+    final = {
+        "400": _status_error(openai.BadRequestError, 400),
+        "401": _status_error(openai.AuthenticationError, 401),
+        "429 after every retry": _status_error(openai.RateLimitError, 429),
+        "unreachable": openai.APIConnectionError(request=request),
+        # litellm reports a refused connection as an HTTP 500 that no server sent
+        "unreachable, as litellm reports it": _raised_from(
+            _status_error(openai.InternalServerError, 500, "Connection error."),
+            openai.APIConnectionError(request=request),
+        ),
+    }
+    passing = {
+        "408": _status_error(openai.APIStatusError, 408),
+        "500": _status_error(openai.InternalServerError, 500),
+        "timeout": openai.APITimeoutError(request=request),
+        "a timeout litellm reports as a 500": _raised_from(
+            _status_error(openai.InternalServerError, 500), httpx.ReadTimeout("slow", request=request)
+        ),
+    }
+    assert all(_final(exc) for exc in final.values()), {k: _final(e) for k, e in final.items()}
+    assert not any(_final(exc) for exc in passing.values()), {k: _final(e) for k, e in passing.items()}
+
+
+def test_each_stopping_failure_names_its_fix():
+    # given the gateway settings a run had
+    gateway = GatewayConfig(models=[{"name": "m", "input_eur_per_mtok": 1, "output_eur_per_mtok": 1}], max_retries=2)
+    request = httpx.Request("POST", "http://gateway.test/v1/chat/completions")
+    # then each failure's fix names the setting or variable to change
+    fixes = {
+        "401": (_status_error(openai.AuthenticationError, 401), "TAILCAL_GATEWAY_KEY environment variable"),
+        "LiteLLM without a database": (
+            _status_error(openai.BadRequestError, 400, "No connected db."),
+            "TAILCAL_GATEWAY_KEY environment variable",
+        ),
+        "429": (_status_error(openai.RateLimitError, 429), "gateway.max_retries=2 retries: set gateway.rpm below"),
+        "unreachable": (openai.APIConnectionError(request=request), "check gateway.url"),
+        "other 400": (_status_error(openai.BadRequestError, 400), "rejected the request as sent"),
+    }
+    for case, (exc, fix) in fixes.items():
+        assert fix in _fix_for(exc, gateway), f"{case}: {_fix_for(exc, gateway)}"
 
 
 def test_near_duplicates_follow_their_leader():
