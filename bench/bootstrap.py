@@ -34,9 +34,7 @@ def main() -> None:
 
     from tasks.calibration.quantize import quantize_ir
     from tasks.config import DetectorConfig, QuantizationConfig, SyntheticConfig
-    from tasks.detection.export import export_ir
-    from tasks.detection.model import build_detector
-    from tasks.detection.preprocess import Preprocessing
+    from tasks.detection.export import ensure_fp16_ir
     from tasks.detection.runtime import detect, load_detector
     from tasks.evaluation.bootstrap import PairedBootstrap
     from tasks.evaluation.coco import coco_map
@@ -51,9 +49,7 @@ def main() -> None:
         write_labelled_split(SyntheticConfig(seed=1), "train", work / "calib", args.k)
         split = load_eval_split(work / "eval")
         calibration = load_eval_split(work / "calib").images
-        fp16_ir = export_ir(
-            build_detector(DetectorConfig(checkpoint=args.checkpoint)), work, Preprocessing(192)
-        ).xml_path
+        fp16_ir = ensure_fp16_ir(DetectorConfig(checkpoint=args.checkpoint), work / "models")
         irs = {"fp16": fp16_ir}
         for estimator in ("MEAN_MINMAX", "MINMAX"):
             config = QuantizationConfig(range_estimator=estimator)
@@ -63,9 +59,7 @@ def main() -> None:
         print(f"{len(split)} eval images, {args.resamples} resamples")
         for name, ir in irs.items():
             detector = load_detector(ir)
-            by_id = dict(
-                zip(split.image_ids, detect(detector.compiled, split.images, detector.preprocessing), strict=True)
-            )
+            by_id = dict(zip(split.image_ids, detect(detector, split.images), strict=True))
             library = coco_map(split.coco, by_id, split.category_ids, breakdown=False).map
             started = time.perf_counter()
             matches[name] = image_matches(split.coco, by_id, split.category_ids)

@@ -219,7 +219,7 @@ def _map_only(ir_path: Path, split: EvalSplit) -> float:
     from tasks.evaluation.coco import coco_map
 
     detector = load_detector(ir_path)
-    detections = detect(detector.compiled, split.images, detector.preprocessing)
+    detections = detect(detector, split.images)
     return coco_map(split.coco, dict(zip(split.image_ids, detections, strict=True)), split.category_ids, False).map
 
 

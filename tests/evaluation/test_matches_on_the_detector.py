@@ -24,7 +24,7 @@ EXACT = 1e-9
 def evaluated(fp16_ir, eval_split):
     """The FP16 IR's detections on the 24-frame split and its evaluation (with matches)."""
     detector = load_detector(fp16_ir)
-    found = detect(detector.compiled, eval_split.images, detector.preprocessing)
+    found = detect(detector, eval_split.images)
     detections = dict(zip(eval_split.image_ids, found, strict=True))
     return detections, evaluate_ir(fp16_ir, eval_split, EvaluationConfig(), measure_speed=False)
 
