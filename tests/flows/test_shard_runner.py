@@ -29,6 +29,6 @@ def _services(embedded_redis: bool):
 def test_a_remote_scheduler_with_services_embedded_here_is_refused(gateway, embedded_redis, named):
     config = scoring_config(gateway={"url": gateway}, scoring={"runner": "dask"})
     env = RuntimeEnv(tailcal_dask_address="tcp://scheduler.example:8786")
-    with pytest.raises(ConfigError, match=rf"TAILCAL_DASK_ADDRESS=tcp://scheduler.example:8786 .*{named}"):
-        with shard_runner(config, env, _services(embedded_redis)):
-            pass
+    refused = pytest.raises(ConfigError, match=rf"TAILCAL_DASK_ADDRESS=tcp://scheduler.example:8786 .*{named}")
+    with refused, shard_runner(config, env, _services(embedded_redis)):
+        pass
