@@ -205,12 +205,12 @@ def _guess(shapes: Sequence[Sequence[int]], num_classes: int) -> str:
     if fits:
         return f", which fits {' or '.join(repr(k) for k in fits)}: set detector.output_format to it"
     if len(shapes) == 1 and len(shapes[0]) == 3:
+        # Candidates far outnumber box values + classes: the longer axis is N.
         a, b = shapes[0][1], shapes[0][2]
-        return (
-            f"; if it is yolov8, num_classes would be {a - 4}; if yolov5, {b - 5}: check detector.num_classes"
-            if a > 4 and b > 5
-            else ""
-        )
+        if 4 < a < b:
+            return f"; as yolov8 ([1, 4+nc, N]) it would have num_classes {a - 4}: check detector.num_classes"
+        if 5 < b < a:
+            return f"; as yolov5 ([1, N, 5+nc]) it would have num_classes {b - 5}: check detector.num_classes"
     return ""
 
 

@@ -107,7 +107,7 @@ def test_a_wrong_declared_layout_names_the_declared_and_the_real_shapes(yolov8_o
 
 def test_a_wrong_class_count_names_the_count_the_model_implies(yolov8_onnx, tmp_path):
     config = DetectorConfig(model=str(yolov8_onnx), output_format="yolov8", num_classes=80)
-    with pytest.raises(DetectorError, match=r"\[1, 84, N\].*\[1, 8, 80\].*if it is yolov8, num_classes would be 4"):
+    with pytest.raises(DetectorError, match=r"\[1, 84, N\].*\[1, 8, 80\]; as yolov8 \(\[1, 4\+nc, N\]\) it would have num_classes 4: check"):
         ensure_fp16_ir(config, tmp_path)
 
 
@@ -215,3 +215,13 @@ def test_evaluation_and_serving_run_on_the_exported_model(exported, eval_split):
     found = OpenVinoEngine(fp16_ir).infer(camera)
     assert found.boxes.shape[1:] == (4,), "the service answers with boxes"
     assert (found.boxes[:, 0::2] <= 160).all() and (found.boxes[:, 1::2] <= 90).all(), "in the frame's own pixels"
+
+
+def test_a_yolov5_export_with_the_wrong_class_count_gets_the_count_its_rows_imply():
+    # given a [1, N, 5+nc] output with nc = 4 declared as 80 classes
+    with pytest.raises(DetectorError, match=r"\[1, 25200, 9\]; as yolov5 .* num_classes 4: check"):
+        Yolov5Decoder(80).check([[1, 25200, 9]])
+    # and a shape with no clear candidate axis gets no guess at all
+    with pytest.raises(DetectorError) as refused:
+        Yolov5Decoder(80).check([[1, 8, 8]])
+    assert "as yolo" not in str(refused.value), f"no guess for an ambiguous shape: {refused.value}"
