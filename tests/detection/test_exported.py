@@ -107,7 +107,10 @@ def test_a_wrong_declared_layout_names_the_declared_and_the_real_shapes(yolov8_o
 
 def test_a_wrong_class_count_names_the_count_the_model_implies(yolov8_onnx, tmp_path):
     config = DetectorConfig(model=str(yolov8_onnx), output_format="yolov8", num_classes=80)
-    with pytest.raises(DetectorError, match=r"\[1, 84, N\].*\[1, 8, 80\]; as yolov8 \(\[1, 4\+nc, N\]\) it would have num_classes 4: check"):
+    with pytest.raises(
+        DetectorError,
+        match=r"\[1, 84, N\].*\[1, 8, 80\]; as yolov8 \(\[1, 4\+nc, N\]\) it would have num_classes 4: check",
+    ):
         ensure_fp16_ir(config, tmp_path)
 
 
