@@ -54,10 +54,11 @@ def train_detector(
 
     Args:
         minutes: Wall-clock training budget.
-        architecture: Detector family (see the README's "Your own detector").
+        architecture: Detector family (detector.architecture): fcos_compact, the demo's own, or a
+            torchvision family such as retinanet_resnet50_fpn or fasterrcnn_mobilenet_v3_large_fpn.
         input_size: Square input side in pixels; unset: the family's standard size.
-        out: Checkpoint to write; unset: models/demo_detector.pt for fcos_compact, else
-            models/<architecture>.pt.
+        out: Checkpoint to write; unset: models/demo_detector.pt for fcos_compact, else the
+            family's name under models/, e.g. models/retinanet_resnet50_fpn.pt.
         train_dir: Labelled COCO train split (generated when absent).
         eval_dir: Labelled COCO eval split (generated when absent).
         train_images: Frames to generate for a missing train split.
