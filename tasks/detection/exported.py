@@ -58,6 +58,13 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def _best_class_nms(xywh: np.ndarray, class_scores: np.ndarray, iou: float) -> Detections:
+    """[N, 4] cx cy w h and [N, nc] class scores → each box with its best class, after NMS."""
+    labels = class_scores.argmax(axis=1)
+    scores = class_scores[np.arange(len(labels)), labels]
+    return _nms(_xywh_to_xyxy(xywh), scores, labels, iou)
+
+
 def _top_k(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
     keep = np.flatnonzero(scores >= SCORE_THRESH)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:MAX_DETECTIONS]
@@ -111,14 +118,8 @@ class Yolov8Decoder(_LayoutDecoder):
         return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][1] == 4 + self.num_labels
 
     def decode(self, outputs):
-        results = []
-        for out in np.asarray(outputs[0], np.float32):  # [4+nc, N] per image
-            rows = out.T
-            class_scores = rows[:, 4:]
-            labels = class_scores.argmax(axis=1)
-            scores = class_scores[np.arange(len(rows)), labels]
-            results.append(_nms(_xywh_to_xyxy(rows[:, :4]), scores, labels, iou=0.7))
-        return results
+        # [4+nc, N] per image: transposed, a row per candidate.
+        return [_best_class_nms(out.T[:, :4], out.T[:, 4:], iou=0.7) for out in np.asarray(outputs[0], np.float32)]
 
 
 class Yolov5Decoder(_LayoutDecoder):
@@ -132,13 +133,8 @@ class Yolov5Decoder(_LayoutDecoder):
         return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][2] == 5 + self.num_labels
 
     def decode(self, outputs):
-        results = []
-        for rows in np.asarray(outputs[0], np.float32):  # [N, 5+nc] per image
-            class_scores = rows[:, 5:] * rows[:, 4:5]
-            labels = class_scores.argmax(axis=1)
-            scores = class_scores[np.arange(len(rows)), labels]
-            results.append(_nms(_xywh_to_xyxy(rows[:, :4]), scores, labels, iou=0.6))
-        return results
+        # [N, 5+nc] per image: class scores weighted by objectness.
+        return [_best_class_nms(r[:, :4], r[:, 5:] * r[:, 4:5], iou=0.6) for r in np.asarray(outputs[0], np.float32)]
 
 
 class End2EndDecoder(_LayoutDecoder):
