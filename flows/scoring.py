@@ -172,7 +172,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
     import pyarrow.parquet as pq
 
     from tasks.ingest import IngestReport, iter_candidate_batches
-    from tasks.scoring.job import forecast_cost, score_pool
+    from tasks.scoring.job import forecast_cost, refuse_failed_share, score_pool
     from tasks.scoring.shards import scoring_key
     from tasks.selection import check_k_fits
 
@@ -233,6 +233,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
         s.failed,
         s.unscored,
     )
+    refuse_failed_share(outcome, config.scoring.max_failed_fraction, str(scores_path))
     return ScoredPool(outcome, scores_path, services.cache_backend)
 
 

@@ -201,6 +201,14 @@ class ScoringConfig(_Strict):
         "TAILCAL_DASK_ADDRESS, else a local cluster of `dask_workers` processes).",
     )
     dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local Dask cluster.")
+    max_failed_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Stop the run (GatewayError) after scoring when more than this share of the candidates got no "
+        "score because the gateway failed them (5xx, timeouts, bad replies, retries included): selecting from "
+        "what is left would quietly drop the images the gateway choked on. Budget-cut candidates do not count.",
+    )
 
 
 class SelectionConfig(_Strict):

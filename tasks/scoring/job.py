@@ -9,13 +9,14 @@ memory stays flat however large the pool.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import pyarrow as pa
 
+from tasks.errors import GatewayError
 from tasks.ingest.models import Candidate, IngestReport
 from tasks.scoring.gateway import prepare_image
 from tasks.scoring.passes import ScoringSession, estimate_hit_rate
@@ -158,4 +159,31 @@ def score_pool(
         forecast=predicted,
         reused_shards=reused,
         dataset_sample={name: values[:DATASET_SAMPLE_ROWS] for name, values in tags.items()},
+    )
+
+
+def refuse_failed_share(outcome: ScoringOutcome, max_failed_fraction: float, scores_path: str) -> None:
+    """Raise GatewayError when more than `max_failed_fraction` of the scored pool's candidates
+    got no score because the gateway failed them (every pass failed: 5xx, timeouts, invalid
+    replies, after retries). Such failures do not stop scoring one by one (a provider's bad
+    moment); a pool where many of them pile up would be selected from what is left, quietly
+    without the images the gateway choked on. Budget-cut (unscored) candidates do not count:
+    that degradation is configured (`budget.on_exhausted`).
+    """
+    s = outcome.summary
+    if not s.candidates or s.failed <= max_failed_fraction * s.candidates:
+        return
+    reasons = Counter(
+        reason
+        for difficulty, reason in zip(
+            outcome.scores.column("difficulty").to_pylist(), outcome.scores.column("reason").to_pylist(), strict=True
+        )
+        if difficulty is None and reason != "budget exhausted"
+    )
+    reason, count = reasons.most_common(1)[0]
+    raise GatewayError(
+        f"{s.failed} of {s.candidates} candidates ({s.failed / s.candidates:.1%}) got no score, above "
+        f"scoring.max_failed_fraction ({max_failed_fraction:.1%}); most common reason ({count}): {reason}. "
+        f"Their rows are in {scores_path}. Fix the gateway or the model it names and run again: scored candidates "
+        "are cached and not paid again, only the failed ones are sent."
     )

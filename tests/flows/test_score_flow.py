@@ -107,6 +107,33 @@ def test_a_missing_checkpoint_is_refused_before_the_pool_is_scored(tmp_path, cap
     assert not (tmp_path / "data" / "score-logs").exists(), "no shard was scored (nothing paid)"
 
 
+def test_a_gateway_failing_every_call_with_5xx_ends_the_run_with_exit_2_and_the_cause(tmp_path, capsys, monkeypatch):
+    # given a gateway (the reference scorer) answering HTTP 500 to every request
+    from tasks.testing.reference_scorer import FaultPlan, ScorerSettings
+    from tests.support import start_scorer
+
+    server = start_scorer(ScorerSettings(latency_s=0.01, faults=FaultPlan(server_error=1.0)))
+    monkeypatch.setenv("TAILCAL_GATEWAY_KEY", "flow-test-key")
+    config = write_config(
+        tmp_path / "failing.yaml",
+        data={"data_dir": str(tmp_path / "data"), "synthetic": {"seed": 2, "pool_size": 24, "eval_size": 4}},
+        gateway={"url": server.base_url, "max_retries": 0},
+        scoring={"passes": 1, "shard_size": 16},
+    )
+    try:
+        # when the pool is scored
+        code = main(["score", "--config", str(config)])
+    finally:
+        server.stop()
+    # then the run ends with exit 2 and one line naming the share, the cause and the setting
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+    assert code == 2 and len(err) == 1, f"exit 2, one line: {code} {err}"
+    assert "24 of 24 candidates" in err[0] and "HTTP 500" in err[0], f"names the share and cause: {err[0]}"
+    assert "scoring.max_failed_fraction" in err[0] and "flow-test-key" not in err[0], err[0]
+    scores = next((tmp_path / "data" / "runs").glob("*/scores.parquet"))
+    assert pq.read_table(scores).num_rows == 24, "every candidate's failure is kept in scores.parquet"
+
+
 def test_a_shard_that_failed_with_a_user_error_is_not_retried():
     # given a task with the shard's retry rule
     from prefect import flow, task

@@ -18,7 +18,7 @@ from tasks.errors import GatewayError
 from tasks.ingest.models import IngestReport
 from tasks.loopback import free_port
 from tasks.scoring import passes
-from tasks.scoring.job import score_pool
+from tasks.scoring.job import refuse_failed_share, score_pool
 from tasks.scoring.passes import score_shard
 from tasks.scoring.prompts import load_template
 from tasks.scoring.shards import score_logged_shard
@@ -164,3 +164,50 @@ def test_a_gateway_that_cannot_be_reached_stops_the_job_naming_its_url(redis_url
     message = str(stopped.value)
     assert f"from the gateway at {url}" in message and "could not be reached" in message, message
     assert "check gateway.url" in message, f"names the fix: {message}"
+
+
+@pytest.mark.parametrize(
+    ("faults", "gateway", "cause"),
+    [
+        (FaultPlan(server_error=1.0), {}, "InternalServerError (HTTP 500)"),
+        (FaultPlan(hang=1.0, hang_s=1.0), {"timeout_s": 0.2}, "no reply within gateway.timeout_s"),
+    ],
+    ids=["5xx", "timeouts"],
+)
+def test_a_pool_the_gateway_failed_is_refused_after_scoring_naming_the_cause(
+    faults, gateway, cause, redis_url, distinct_pool, tmp_path
+):
+    # given a gateway that fails every request in a way retrying might fix (so no early stop)
+    config = scoring_config(gateway={"concurrency": CONCURRENCY, "max_retries": 0, **gateway})
+    candidates = [_Candidate(r.id, r.image) for r in rows(distinct_pool, 700, 24)]
+    server = start_scorer(ScorerSettings(latency_s=0.01, faults=faults))
+    try:
+        # when the pool is scored: every candidate ends failed, none stops the job
+        outcome = _run_job(config, redis_url, server.base_url, candidates, tmp_path)
+    finally:
+        server.stop()
+    assert outcome.summary.failed == len(candidates), f"every candidate failed: {outcome.summary}"
+    # then the run is refused, naming the share, the setting, the cause and where the rows are
+    with pytest.raises(GatewayError) as refused:
+        refuse_failed_share(outcome, config.scoring.max_failed_fraction, "runs/x/scores.parquet")
+    message = str(refused.value)
+    assert "24 of 24 candidates (100.0%) got no score" in message, message
+    assert "scoring.max_failed_fraction (5.0%)" in message and cause in message, message
+    assert "runs/x/scores.parquet" in message and "test-key" not in message, message
+
+
+def test_a_share_of_failures_within_the_limit_lets_the_run_go_on(redis_url, distinct_pool, tmp_path):
+    # given a gateway failing about a third of requests with HTTP 500, no retries
+    config = scoring_config(gateway={"concurrency": CONCURRENCY, "max_retries": 0})
+    candidates = [_Candidate(r.id, r.image) for r in rows(distinct_pool, 800, 60)]
+    server = start_scorer(ScorerSettings(latency_s=0.01, faults=FaultPlan(server_error=0.3, seed=3)))
+    try:
+        outcome = _run_job(config, redis_url, server.base_url, candidates, tmp_path)
+    finally:
+        server.stop()
+    failed = outcome.summary.failed
+    assert 0 < failed < len(candidates) / 2, f"some candidates failed, most scored: {outcome.summary}"
+    # then a limit above that share passes, one below it refuses
+    refuse_failed_share(outcome, (failed + 1) / len(candidates), "scores.parquet")
+    with pytest.raises(GatewayError, match=f"{failed} of {len(candidates)} candidates"):
+        refuse_failed_share(outcome, (failed - 1) / len(candidates), "scores.parquet")
