@@ -35,6 +35,7 @@ from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy
 
 if TYPE_CHECKING:
     from tasks.calibration.decomposition import GapDecomposition
+    from tasks.evaluation.split import EvalSplit
     from tasks.selection import SelectionOutcome
 
 
@@ -113,11 +114,14 @@ def _write_outputs(
     selection: SelectionOutcome,
     calibration: CalibrationOutcome,
     fp_ir: Path,
+    split: EvalSplit,
 ) -> Path:
-    """selection.parquet, plots, report.md and both IRs: to the run dir, MLflow and Prefect artifacts."""
+    """selection.parquet, plots, report.md, both IRs and what their labels mean (categories.json):
+    to the run dir, MLflow and Prefect artifacts."""
     import pyarrow.parquet as pq
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from tasks.detection.labels import CATEGORIES_FILE, Categories
     from tasks.reporting import plots
     from tasks.reporting.report import condition_table, render_report
 
@@ -164,6 +168,8 @@ def _write_outputs(
     for ir in (fp_ir, calibration.quantized.int8_ir_path):
         tracking.log_artifact(run, str(ir), "ir")
         tracking.log_artifact(run, str(ir.with_suffix(".bin")), "ir")
+    categories = Categories.of_split(split.coco, split.category_ids)
+    tracking.log_artifact(run, str(categories.write(run_dir / "ir" / CATEGORIES_FILE)), "ir")
     create_markdown_artifact(report, key="release-report", description="FP16 vs INT8 on the eval split")
     create_table_artifact(condition_table(comparison), key="per-condition-gap", description="mAP per condition")
     return report_path
@@ -231,7 +237,7 @@ def release_cycle(
         )
         metrics = scored.outcome.metrics() | selection.metrics() | calibration.metrics()
         tracking.log_metrics(run, metrics)
-        report_path = _write_outputs(config, run, run_dir, scored, selection, calibration, fp_ir)
+        report_path = _write_outputs(config, run, run_dir, scored, selection, calibration, fp_ir, split)
 
     return ReleaseSummary(
         config=config_path,

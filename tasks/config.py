@@ -353,6 +353,11 @@ class ServingConfig(_Strict):
     int8_ir: Path | None = None
     mixed_ir: Path | None = Field(None, description="Accuracy-controlled IR (optional tier).")
     fp16_ir: Path | None = None
+    categories: Path | None = Field(
+        None,
+        description="categories.json of the release (label → COCO category id and name); unset: the one in ir_dir, "
+        "else beside the int8 (or fp16) IR. Without one, detections carry the detector's label index only.",
+    )
     priority_fp16_min: int = Field(8, ge=1, le=10, description="X-Priority at or above this → fp16.")
     priority_int8_max: int = Field(2, ge=0, le=10, description="X-Priority at or below this → int8 (0: never).")
     medium_difficulty: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty at or above → mixed tier.")

@@ -10,8 +10,11 @@ a model is scored on the classes it was trained on.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from tasks.errors import TailcalError
 
@@ -107,3 +110,60 @@ def resolve_category_ids(
 def _ordered(values: set) -> list:
     # Ids read from JSON may be of any type; sort within each type so a message never fails to render.
     return sorted(values, key=lambda v: (type(v).__name__, v if isinstance(v, int | float | str) else repr(v)))
+
+
+CATEGORIES_FILE = "categories.json"
+
+
+@dataclass(frozen=True)
+class Categories:
+    """What each detector label means, written beside a release's IRs (`categories.json`) so
+    the inference service answers with COCO category ids and names, not bare label indices.
+
+    `ids[i]` and `names[i]` are label i's category id and name (the mapping evaluation used).
+    """
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of_split(cls, coco: dict, category_ids: Sequence[int]) -> Categories:
+        """From an eval split's COCO dict and its validated label → category id mapping."""
+        by_id = {c["id"]: c["name"] for c in coco["categories"]}
+        return cls(tuple(category_ids), tuple(by_id[i] for i in category_ids))
+
+    def write(self, path: Path) -> Path:
+        entries = [{"label": i, "id": c, "name": n} for i, (c, n) in enumerate(zip(self.ids, self.names, strict=True))]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entries, indent=1))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Categories:
+        """Raises CategoryMapError naming `path` when it is not a list of {label, id, name} with
+        labels 0 … n−1 in order and distinct ids."""
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CategoryMapError(f"cannot read {path} ({exc}): copy categories.json from the release's ir/") from None
+        well_formed = isinstance(entries, list) and all(
+            isinstance(e, dict) and type(e.get("id")) is int and isinstance(e.get("name"), str) for e in entries
+        )
+        if not well_formed or [e.get("label") for e in entries] != list(range(len(entries))) or not entries:
+            raise CategoryMapError(
+                f"{path} is not a list of {{label, id, name}} for labels 0, 1, …: copy categories.json from the "
+                "release's ir/ folder"
+            )
+        ids = tuple(e["id"] for e in entries)
+        if len(set(ids)) != len(ids):
+            raise CategoryMapError(f"{path} gives several labels the same category id: each label needs its own")
+        return cls(ids, tuple(e["name"] for e in entries))
+
+    def describe(self, label: int) -> dict[str, int | str]:
+        """{"category_id", "category"} of a detector label; CategoryMapError when the label has none."""
+        if not 0 <= label < len(self.ids):
+            raise CategoryMapError(
+                f"the detector predicted label {label}, but categories.json names labels 0–{len(self.ids) - 1}: "
+                "serve the categories.json of the release these IRs come from"
+            )
+        return {"category_id": self.ids[label], "category": self.names[label]}

@@ -21,6 +21,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tasks.config import ServingConfig
+from tasks.detection.labels import Categories
 from tasks.detection.postprocess import Detections
 from tasks.difficulty import assess
 from tasks.imaging import decode_rgb
@@ -128,9 +129,17 @@ class Router:
 
 
 def create_app(
-    engines: Mapping[str, Engine], config: ServingConfig, latency_seeds: Mapping[str, float] | None = None
+    engines: Mapping[str, Engine],
+    config: ServingConfig,
+    latency_seeds: Mapping[str, float] | None = None,
+    categories: Categories | None = None,
 ) -> FastAPI:
-    """The ASGI app over already-loaded tier engines (tests pass fakes; the CLI passes OpenVINO ones)."""
+    """The ASGI app over already-loaded tier engines (tests pass fakes; the CLI passes OpenVINO ones).
+
+    Each detection is `{"box": [x1, y1, x2, y2] in the image's own pixels, "score", "label"}`
+    (label: the detector's 0-based class index), plus `"category_id"` and `"category"` (the
+    COCO id and name evaluation scored it as) when `categories` is given.
+    """
     metrics = ServingMetrics.create()
     router = Router(engines, config, metrics)
     router.seed_latency(latency_seeds or {})
@@ -155,6 +164,7 @@ def create_app(
             "fallback_from": served.fallback_from,
             "detections": [
                 {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "label": int(label)}
+                | (categories.describe(int(label)) if categories else {})
                 for box, score, label in zip(det.boxes, det.scores, det.labels, strict=True)
             ],
         }

@@ -19,6 +19,7 @@ import numpy as np
 
 from tasks.config import ServingConfig
 from tasks.detection.export import IR_STEMS, Tier, ir_path
+from tasks.detection.labels import CATEGORIES_FILE, Categories
 from tasks.detection.postprocess import Detections
 from tasks.errors import TailcalError
 
@@ -63,6 +64,31 @@ def resolve_tier_paths(config: ServingConfig) -> TierPaths:
             "(e.g. data/demo/mlartifacts/<run_id>/artifacts/ir) or explicit IR paths"
         )
     return TierPaths(paths)
+
+
+def load_categories(config: ServingConfig, tiers: TierPaths) -> Categories | None:
+    """The release's categories.json: `serving.categories`, else the one in `ir_dir`, else the one
+    beside the int8 IR (or the most precise tier's); None when there is none. Raises ServingError
+    when `serving.categories` names a missing file, CategoryMapError when the file is malformed."""
+    if config.categories is not None:
+        if not config.categories.exists():
+            raise ServingError(
+                f"serving.categories {config.categories} does not exist: point it at the release's "
+                f"ir/{CATEGORIES_FILE}, or unset it"
+            )
+        return Categories.read(config.categories)
+    folders = [config.ir_dir] if config.ir_dir else []
+    folders += [tiers.paths[tier].parent for tier in ("int8", "mixed", "fp16") if tier in tiers.paths]
+    found = next((folder / CATEGORIES_FILE for folder in folders if (folder / CATEGORIES_FILE).exists()), None)
+    if found is None:
+        logger.warning(
+            "no %s beside the IRs: detections carry the detector's label index, not a category id or name "
+            "(set serving.categories)",
+            CATEGORIES_FILE,
+        )
+        return None
+    logger.info("categories from %s", found)
+    return Categories.read(found)
 
 
 class OpenVinoEngine:

@@ -32,11 +32,12 @@ def build_app(config: ServingConfig) -> FastAPI:
     import torch
 
     from tasks.serving.app import create_app
-    from tasks.serving.engines import load_engines, warm_up
+    from tasks.serving.engines import load_categories, load_engines, resolve_tier_paths, warm_up
 
     torch.set_num_threads(1)
+    categories = load_categories(config, resolve_tier_paths(config))
     engines = load_engines(config)
-    return create_app(engines, config, warm_up(engines, config.warmup_requests))
+    return create_app(engines, config, warm_up(engines, config.warmup_requests), categories)
 
 
 def _check_listen_address(host: str, port: int) -> None:

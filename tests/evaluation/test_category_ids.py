@@ -6,6 +6,7 @@ as a detector trained with the split's mapping would label them, so every right 
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from tasks.config import EvaluationConfig
-from tasks.detection.labels import CategoryMapError, resolve_category_ids, split_categories
+from tasks.detection.labels import Categories, CategoryMapError, resolve_category_ids, split_categories
 from tasks.detection.postprocess import Detections
 from tasks.evaluation.coco import coco_map
 from tasks.evaluation.split import load_eval_split
@@ -206,3 +207,38 @@ def test_cached_evaluations_are_keyed_by_the_label_mapping_when_overridden(tmp_p
     assert default.cache_key == f"{directory.name}-{default.digest}", f"default key {default.cache_key}"
     assert overridden.cache_key != default.cache_key, "an FP16 mAP cached under one mapping is never reused for another"
     assert default.head(1).category_ids == default.category_ids, "head() keeps the mapping"
+
+
+def test_categories_json_round_trips_the_label_mapping_with_names(tmp_path):
+    # given a split with sparse ids listed out of order, and a label_map that reorders them
+    coco = {"categories": [{"id": 90, "name": "truck"}, {"id": 3, "name": "car"}, {"id": 17, "name": "cat"}]}
+    categories = Categories.of_split(coco, resolve_category_ids([90, 3, 17], "split", 3, label_map=[17, 90, 3]))
+    # when written and read back
+    back = Categories.read(categories.write(tmp_path / "ir" / "categories.json"))
+    # then label i means label_map[i], with its own name
+    assert back == categories, f"round trip: {back} != {categories}"
+    assert [back.describe(i) for i in range(3)] == [
+        {"category_id": 17, "category": "cat"},
+        {"category_id": 90, "category": "truck"},
+        {"category_id": 3, "category": "car"},
+    ], back
+    with pytest.raises(CategoryMapError, match=r"label 3, but categories\.json names labels 0–2"):
+        back.describe(3)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [{"label": 1, "id": 1, "name": "a"}],
+        [{"label": 0, "id": 1, "name": "a"}, {"label": 1, "id": 1, "name": "b"}],
+        [{"label": 0, "id": "1", "name": "a"}],
+        {"0": "a"},
+        [],
+    ],
+    ids=["labels-not-from-0", "repeated-id", "string-id", "not-a-list", "empty"],
+)
+def test_a_malformed_categories_json_is_refused_naming_the_file(tmp_path, entries):
+    path = tmp_path / "categories.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(CategoryMapError, match=re.escape(str(path))):
+        Categories.read(path)

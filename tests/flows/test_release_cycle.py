@@ -64,6 +64,7 @@ def test_mlflow_run_has_params_metrics_dataset_and_artifacts(release_run):
     assert {"scores.parquet", "selection.parquet", "report.md", "plots", "ir"} <= names, names
     irs = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "ir")}
     assert {"ir/detector_fp16.xml", "ir/detector_int8.xml"} <= irs, f"both IRs are logged: {irs}"
+    assert "ir/categories.json" in irs, f"what the IRs' labels mean is logged beside them: {irs}"
     metrics = run.data.metrics
     for name in ("fp16.map", "int8.map", "gap.map", "clipping.max_pct", "int8_vs_fp16.throughput_ratio"):
         assert name in metrics, f"{name} missing from {sorted(metrics)}"

@@ -107,3 +107,31 @@ def test_failing_int8_tier_falls_back_to_fp16_with_the_same_answer(engines, conf
     served = np.array([d["box"] for d in response.json()["detections"]])
     np.testing.assert_allclose(served, direct.boxes, atol=0.01, err_msg="served boxes differ from the fp16 engine's")
     assert 'tailcal_serving_upstream_errors_total{tier="int8"} 1.0' in metrics, "upstream error counted per tier"
+
+
+def test_detections_carry_the_category_id_and_name_of_the_release(ir_dir, config, images, tmp_path):
+    # given the release's categories.json beside the IRs, with sparse ids (label i → ids[i])
+    from tasks.detection.labels import Categories
+    from tasks.serving.server import build_app
+
+    served_dir = tmp_path / "ir"
+    shutil.copytree(ir_dir, served_dir)
+    Categories((3, 17, 42, 90), ("circle", "square", "triangle", "cross")).write(served_dir / "categories.json")
+    release = config.model_copy(update={"ir_dir": served_dir})
+    files, _ = images
+    # when a frame is served by the app the `tailcal serve` command builds
+    with BackgroundServer(build_app(release)) as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+        detections = client.post("/v1/detect", content=files[0]).json()["detections"]
+        # and without a categories.json, the label index only
+        bare = create_app(load_engines(config), config)
+    assert detections, "the frame has detections"
+    names = {3: "circle", 17: "square", 42: "triangle", 90: "cross"}
+    for d in detections:
+        assert d["category_id"] == (3, 17, 42, 90)[d["label"]], f"label → category id: {d}"
+        assert d["category"] == names[d["category_id"]], f"and its name: {d}"
+    with BackgroundServer(bare) as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+        plain = client.post("/v1/detect", content=files[0]).json()["detections"]
+    assert plain and all(set(d) == {"box", "score", "label"} for d in plain), plain[:2]
+    # and a configured categories file that is missing is refused by name
+    with pytest.raises(ServingError, match=r"serving\.categories .*nope\.json does not exist"):
+        build_app(config.model_copy(update={"categories": tmp_path / "nope.json"}))
