@@ -30,6 +30,8 @@ SyntheticCondition = Literal[
     "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
 ]
 RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
+# NNCF's bias correction after PTQ: its fast algorithm, or none (NNCF's disable_bias_correction).
+BiasCorrection = Literal["fast", "none"]
 
 # Keys people paste into YAML by habit; the error points them at the environment instead.
 _SECRET_LIKE_KEYS = {"api_key", "key", "virtual_key", "password", "secret", "token"}
@@ -292,6 +294,13 @@ class QuantizationConfig(_Strict):
         "mixed for exported YOLO-style models).",
     )
     range_estimator: RangeEstimator = "MEAN_MINMAX"
+    bias_correction: BiasCorrection = Field(
+        "fast",
+        description="`fast`: NNCF's fast bias correction (its default) shifts each quantized layer's bias so its "
+        "mean output on the calibration images matches the FP model's — the calibration set then sets the "
+        "activation ranges and those bias shifts. `none` (NNCF's disable_bias_correction): the INT8 model keeps "
+        "the FP biases, so the calibration set only sets the activation ranges.",
+    )
     accuracy_control: bool = False
     max_drop: float = Field(0.01, gt=0.0, le=1.0)
 
