@@ -330,6 +330,13 @@ class EvaluationConfig(_Strict):
         1000, ge=100, description="Resamples of the eval images behind each paired 95 % interval."
     )
     bootstrap_seed: int = Field(0, ge=0, description="Seed of those resamples.")
+    baseline: Literal["first_n", "none"] = Field(
+        "none",
+        description="`tailcal run` also quantizes on this strategy's pick at the same K, estimator and bias "
+        "correction (one more PTQ and evaluation, no gap split) and reports its gap beside the chosen set's, "
+        "with the paired 95 % interval of the difference. `first_n`: the first K of the pool, what NNCF and "
+        "Ultralytics do by default. `none`: no baseline (a big detector's extra PTQ can take minutes).",
+    )
 
     @field_validator("label_map")
     @classmethod
