@@ -199,8 +199,9 @@ def render_table(rows: list[TableRow], fp16_map: float, references: Sequence[str
             if intervals
             else "paired bootstrap interval over the eval images"
         )
+        same = "K, estimator and bias correction" if by_bias else "K and estimator"
         lines.append(
-            "Δ vs X = this row's mean gap − X's at the same K and estimator (negative: loses less than X), "
+            f"Δ vs X = this row's mean gap − X's at the same {same} (negative: loses less than X), "
             f"[{how}]; the interval covers eval-image sampling, the ± std covers seeds. "
             "n/a: X is not in this grid (or its per-image matches were not kept). "
             "Activation part = weights-only − INT8 mAP, the part calibration sets. "
