@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/claim.py                       # both benchmarks, the whole grid
     .venv/bin/python bench/claim.py --only realistic --seeds 0 --ks 64
+    .venv/bin/python bench/claim.py --only realistic --bias-corrections fast none   # NNCF's bias correction on/off
 
 Runs the ablation (`tailcal ablate`) on two benchmarks:
 - realistic (configs/claim.yaml): the pool in capture order with conditions in runs (night
@@ -13,7 +14,8 @@ Runs the ablation (`tailcal ablate`) on two benchmarks:
 Grid: first_n (the users' default: NNCF's subset_size=300 and Ultralytics' export take the
 first N), random, stratified, hard_tail_mix, coverage, and hard_tail_mix[factors] (grouped
 by the VLM's tags, as on a pool without a condition column); K ∈ {16, 64, 300}; MEAN_MINMAX
-and MINMAX; 3 seeds. Each table reports, per cell, the mean gap over seeds, its activation
+and MINMAX; 3 seeds; NNCF's fast bias correction as configured (quantization.bias_correction),
+or crossed with `--bias-corrections fast none`. Each table reports, per cell, the mean gap over seeds, its activation
 part, and the paired bootstrap 95 % interval of its difference from first_n and random.
 
 Then the goal, per K and estimator, for the configured strategy (selection.strategy): gap ≤
@@ -35,22 +37,25 @@ STRATEGIES = ["first_n", "random", "stratified", "hard_tail_mix", "coverage"]
 
 
 def verdicts(rows, strategy: str) -> list[str]:
-    """One line per (K, estimator): does `strategy` meet the goal against first_n and random?"""
+    """One line per (K, estimator, bias correction): does `strategy` meet the goal against first_n and random?"""
     lines = []
+    crossed = len({row.bias_correction for row in rows}) > 1
     for row in rows:
         if row.strategy != strategy:
             continue
-        first_n = next((r for r in rows if (r.k, r.strategy, r.estimator) == (row.k, "first_n", row.estimator)), None)
+        key = (row.k, "first_n", row.estimator, row.bias_correction)
+        first_n = next((r for r in rows if (r.k, r.strategy, r.estimator, r.bias_correction) == key), None)
+        label = f"{row.estimator:<12}" + (f" bias {row.bias_correction:<4}" if crossed else "")
         versus_first, versus_random = row.versus.get("first_n"), row.versus.get("random")
         if first_n is None or versus_first is None or versus_random is None:
-            lines.append(f"  K={row.k:<4} {row.estimator:<12} n/a (first_n or random missing from the grid)")
+            lines.append(f"  K={row.k:<4} {label} n/a (first_n or random missing from the grid)")
             continue
         half = row.gap_mean <= 0.5 * first_n.gap_mean and first_n.gap_mean > 0
         beats = versus_first.high < 0
         not_worse = versus_random.low <= 0
         met = half and beats and not_worse
         lines.append(
-            f"  K={row.k:<4} {row.estimator:<12} {'MET    ' if met else 'not met'}  gap {row.gap_mean:+.4f} vs "
+            f"  K={row.k:<4} {label} {'MET    ' if met else 'not met'}  gap {row.gap_mean:+.4f} vs "
             f"first_n {first_n.gap_mean:+.4f} (½: {'yes' if half else 'no'}); Δ first_n {versus_first.describe()} "
             f"({'excludes 0' if versus_first.excludes_zero else 'includes 0'}); Δ random {versus_random.describe()}"
             f" ({'not worse' if not_worse else 'worse'})"
@@ -63,6 +68,12 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     parser.add_argument("--estimators", nargs="+", default=["MEAN_MINMAX", "MINMAX"])
+    parser.add_argument(
+        "--bias-corrections",
+        nargs="+",
+        choices=["fast", "none"],
+        help="NNCF bias correction after PTQ (default: the config's quantization.bias_correction)",
+    )
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--ks", nargs="+", default=["16", "64", "300"])
     args = parser.parse_args()
@@ -75,6 +86,7 @@ def main() -> None:
         strategy = load_config(config_path).selection.strategy
         started = time.perf_counter()
         argv = ["ablate", "--config", config_path, "--strategies", *args.strategies, "--estimators", *args.estimators]
+        argv += ["--bias-corrections", *args.bias_corrections] if args.bias_corrections else []
         result = app([*argv, "--seeds", *args.seeds, "--ks", *args.ks], exit_on_error=True)
         minutes = (time.perf_counter() - started) / 60
         print(f"\n## {name} benchmark ({config_path}), {result.cells} cells in {minutes:.0f} min\n")

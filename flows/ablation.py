@@ -1,4 +1,5 @@
-"""The ablation flow: selection strategy × range estimator × seed (× K) on one scored pool.
+"""The ablation flow: selection strategy × range estimator × seed (× K, × bias correction) on one
+scored pool.
 
 Scoring runs once (and a rerun is free through the cache and score logs); the FP16 IR and
 its evaluation are shared; each cell varies the selection and quantization sections only,
@@ -11,6 +12,12 @@ The comparison table goes to MLflow and Prefect.
 A `factor_rows` strategy (`selection.ablation_factor_rows`) also runs as a row of its own,
 `<strategy>[factors]`, grouped by the VLM's factor tags with the condition column ignored:
 what the strategy does on a real pool, which has no condition column.
+
+Every seed's selection is made before any PTQ. A row whose seeds all select the same images
+(first_n and topk always; coverage when its greedy picks fill K, so its seeded fill draws
+nothing) runs once and reads "deterministic" in the table: repeating it would show the
+same gap as if it were seed spread. `--bias-corrections fast none` crosses NNCF's fast bias
+correction with none (`quantization.bias_correction`).
 
     tailcal ablate --config configs/ablation.yaml --strategies first_n topk random --seeds 0 1 2
 """
@@ -40,6 +47,7 @@ from flows.stages import (
 )
 from tasks import tracking
 from tasks.config import (
+    BiasCorrection,
     GroupingStrategy,
     Override,
     RangeEstimator,
@@ -97,18 +105,41 @@ def cell_selections(
     }
 
 
+def distinct_cells(selected: dict[tuple[int, str, int], tuple[str, ...]]) -> dict[tuple[int, str, int], bool]:
+    """The cells to run, from every cell's selected ids (keyed (K, row label, seed)), each with
+    whether it is deterministic.
+
+    A (K, row) whose seeds all selected the same ids in the same order runs once, its first
+    seed, marked deterministic; so does a seed-free strategy (first_n, topk). Otherwise every
+    seed runs, marked not deterministic (one seed alone cannot show that a strategy ignores it).
+    """
+    rows: dict[tuple[int, str], list[tuple[int, str, int]]] = {}
+    for key in selected:
+        rows.setdefault(key[:2], []).append(key)
+    keep = {}
+    for (_, label), keys in rows.items():
+        same = len(keys) > 1 and len({selected[key] for key in keys}) == 1
+        strategy = label.split("[", 1)[0]
+        if same or strategy in SEED_FREE:
+            keep[keys[0]] = True
+        else:
+            keep |= dict.fromkeys(keys, False)
+    return keep
+
+
 @flow(name="calibration-ablation", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def ablation(
     config_path: str = "configs/ablation.yaml",
     strategies: list[SelectionStrategy] | None = None,
     estimators: list[RangeEstimator] | None = None,
+    bias_corrections: list[BiasCorrection] | None = None,
     seeds: list[int] | None = None,
     ks: list[int] | None = None,
     subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     factor_rows: Annotated[list[GroupingStrategy] | None, Override("selection.ablation_factor_rows")] = None,
     release_id: str | None = None,
 ) -> AblationResult:
-    """Cross selection strategies, range estimators, seeds and K on one scored pool.
+    """Cross selection strategies, range estimators, bias corrections, seeds and K on one scored pool.
 
     Every combination becomes a nested MLflow run; the table of INT8−FP16 gaps (mean ± std
     over seeds, per condition, and the difference from first_n and random with a paired
@@ -118,7 +149,10 @@ def ablation(
         config_path: YAML config file.
         strategies: Selection strategies to compare (default: all six).
         estimators: NNCF activation range estimators (default: all four).
-        seeds: Selection seeds, ≥ 0 (default: 0 1 2; first_n and topk need none and run once).
+        bias_corrections: NNCF bias correction after PTQ, fast or none (default: the config's
+            quantization.bias_correction); more than one adds a column to the table.
+        seeds: Selection seeds, ≥ 0 (default: 0 1 2). A strategy that selects the same images for
+            every seed (first_n, topk; coverage when its greedy picks fill K) runs once: "deterministic".
         ks: Calibration set sizes (default: the config's selection.k).
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         factor_rows: Strategies run once more grouped by the VLM's factor tags, the condition column ignored
@@ -134,13 +168,18 @@ def ablation(
     # Repeats would only run a cell twice; order is kept.
     strategies = list(dict.fromkeys(strategies or DEFAULT_STRATEGIES))
     estimators = list(dict.fromkeys(estimators or DEFAULT_ESTIMATORS))
+    bias_corrections = list(dict.fromkeys(bias_corrections or [config.quantization.bias_correction]))
     seeds = list(dict.fromkeys(seeds if seeds else [0, 1, 2]))
     ks = list(dict.fromkeys(ks or [config.selection.k]))
     # Every cell's sections are validated now, before the pool is scored and paid for.
     selections = cell_selections(config.selection, strategies, seeds, ks)
     grid = list(selections)
     rows = list(dict.fromkeys(label for _, label, _ in grid))
-    quantizations = {e: section_with(config.quantization, "ablation estimators", range_estimator=e) for e in estimators}
+    quantizations = {
+        (e, b): section_with(config.quantization, "ablation estimators", range_estimator=e, bias_correction=b)
+        for e in estimators
+        for b in bias_corrections
+    }
     # Each cell measures its gap's activation part (one more evaluation), not each quantizer's.
     evaluation = section_with(config.evaluation, "ablation cells", attributed_quantizers=0)
     env = RuntimeEnv()
@@ -149,6 +188,7 @@ def ablation(
     params = tracking.config_params(config) | {
         "ablation.strategies": ",".join(rows),
         "ablation.estimators": ",".join(estimators),
+        "ablation.bias_corrections": ",".join(bias_corrections),
         "ablation.seeds": ",".join(map(str, seeds)),
         "ablation.ks": ",".join(map(str, ks)),
     }
@@ -166,30 +206,41 @@ def ablation(
         needs_profiles = any(section.strategy == "coverage" for section in selections.values())
         profiles = pool_profiles(config.pool, fp_ir) if needs_profiles else None
 
+        # Every seed's selection first (seconds, next to a PTQ per cell): seeds that select the
+        # same images would only repeat one cell.
+        chosen = {key: select(scored.outcome.scores, selections[key], profiles) for key in grid}
+        runs = distinct_cells({key: outcome.selection.ids for key, outcome in chosen.items()})
         cells: list[Cell] = []
-        for k, strategy, seed in grid:
+        for (k, strategy, seed), deterministic in runs.items():
             cell_dir = run_dir / f"k{k}-{strategy}-s{seed}"
-            selection = select(scored.outcome.scores, selections[(k, strategy, seed)], profiles)
+            selection = chosen[(k, strategy, seed)]
             cell_dir.mkdir(parents=True, exist_ok=True)
             pq.write_table(selection.table, cell_dir / "selection.parquet")
-            for estimator in estimators:
+            for (estimator, bias_correction), quantization in quantizations.items():
+                variant = estimator if len(bias_corrections) == 1 else f"{estimator}-bias-{bias_correction}"
                 outcome = calibrate_and_compare(
                     config.pool,
-                    quantizations[estimator],
+                    quantization,
                     evaluation,
                     fp_ir,
                     fp16,
                     split,
                     selection.selection.ids,
-                    cell_dir / estimator,
+                    cell_dir / variant,
                 )
-                cell_params = {"strategy": strategy, "range_estimator": estimator, "k": str(k), "seed": str(seed)}
+                cell_params = {
+                    "strategy": strategy,
+                    "range_estimator": estimator,
+                    "bias_correction": bias_correction,
+                    "k": str(k),
+                    "seed": "deterministic" if deterministic else str(seed),
+                }
                 cell_params["grouping"] = selection.grouping  # what its strata were made of, as resolved
-                name = f"{strategy}-{estimator}-k{k}-s{seed}"
+                name = f"{strategy}-{variant}-k{k}-s{seed}"
                 with tracking.child_run(parent, name, {"kind": "ablation-cell"}, cell_params) as child:
                     tracking.log_metrics(child, outcome.metrics())
                 result = outcome.comparison
-                matches_path = result.int8.matches.save(cell_dir / estimator / "matches.npz")
+                matches_path = result.int8.matches.save(cell_dir / variant / "matches.npz")
                 cells.append(
                     Cell(
                         k,
@@ -201,9 +252,19 @@ def ablation(
                         result.per_condition_gap,
                         matches_path=str(matches_path),
                         activation_part=result.activation_gap,
+                        bias_correction=bias_correction,
+                        deterministic=deterministic,
                     )
                 )
-                logger.info("%s × %s, K=%d, seed %d: gap %+.4f", strategy, estimator, k, seed, result.gap)
+                logger.info(
+                    "%s × %s (bias correction %s), K=%d, seed %s: gap %+.4f",
+                    strategy,
+                    estimator,
+                    bias_correction,
+                    k,
+                    "deterministic" if deterministic else seed,
+                    result.gap,
+                )
 
         rows = summarize_cells(
             cells,

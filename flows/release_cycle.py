@@ -22,6 +22,7 @@ from flows.scoring import ScoredPool, log_pool_dataset, score_stage
 from flows.stages import (
     CalibrationOutcome,
     calibrate_and_compare,
+    compare_with_baseline,
     evaluate_fp16,
     export_fp16_ir,
     flow_run_tags,
@@ -35,6 +36,7 @@ from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy
 
 if TYPE_CHECKING:
     from tasks.calibration.decomposition import GapDecomposition
+    from tasks.evaluation.comparison import BaselineComparison
     from tasks.evaluation.split import EvalSplit
     from tasks.selection import SelectionOutcome
 
@@ -54,6 +56,9 @@ class ReleaseSummary:
     mlflow_run_id: str
     run_dir: str
     decomposition: GapDecomposition | None = None
+    baseline: BaselineComparison | None = None
+    baseline_setting: str = "none"  # evaluation.baseline as configured
+    bias_correction: str = "fast"
 
     def describe(self) -> str:
         """The end-of-run summary `tailcal run` prints."""
@@ -78,7 +83,7 @@ class ReleaseSummary:
             f"  selection     {selection.selection.strategy}, K={selection.selection.k}: mean difficulty "
             f"{_fmt(selection.mean_difficulty_selected)} vs pool {_fmt(selection.mean_difficulty_pool)}",
             f"  INT8 vs FP16  mAP@[.5:.95] {metrics['int8.map']:.4f} vs {metrics['fp16.map']:.4f}: "
-            f"gap {metrics['gap.map']:+.4f} ({self.range_estimator}); "
+            f"gap {metrics['gap.map']:+.4f} ({self.range_estimator}, bias correction {self.bias_correction}); "
             + (f"INT8 {ratio:.2f}× FP16 throughput" if ratio else "throughput not measured"),
             "                worst conditions: "
             + ", ".join(f"{name.removeprefix('gap.map.')} {value:+.4f}" for name, value in worst),
@@ -88,6 +93,7 @@ class ReleaseSummary:
                 if self.decomposition
                 else "not measured (evaluation.gap_decomposition is off)"
             ),
+            self._baseline_line(),
             f"  clipping      max {metrics['clipping.max_pct']:.2f} % of activations; "
             f"{int(metrics['clipping.flagged_layers'])} layer(s) over the threshold",
             f"  score cache   {self.scored.cache_backend}",
@@ -95,6 +101,14 @@ class ReleaseSummary:
             f"  MLflow run    {self.mlflow_run_id}  — open with `make ui` (tracking URI {self.mlflow_tracking_uri})",
         ]
         return "\n".join(lines)
+
+    def _baseline_line(self) -> str:
+        strategy = self.selection.selection.strategy
+        if self.baseline is not None:
+            return f"  vs {self.baseline.strategy:<10} " + self.baseline.describe(strategy)
+        if self.baseline_setting == "none":
+            return "  baseline      not run (evaluation.baseline: none)"
+        return f"  baseline      the chosen set is {self.baseline_setting} itself"
 
 
 def _fmt(value: float | None) -> str:
@@ -115,6 +129,7 @@ def _write_outputs(
     calibration: CalibrationOutcome,
     fp_ir: Path,
     split: EvalSplit,
+    baseline: BaselineComparison | None = None,
 ) -> Path:
     """selection.parquet, plots, report.md, both IRs and what their labels mean (categories.json):
     to the run dir, MLflow and Prefect artifacts."""
@@ -157,6 +172,8 @@ def _write_outputs(
         spearman=summary.spearman,
         flagged_layers=[(layer.name, layer.clipped_fraction) for layer in clip.flagged],
         decomposition=calibration.decomposition,
+        baseline=baseline,
+        bias_correction=config.quantization.bias_correction,
         mlflow_link=f"{run.tracking_uri} → experiment {run.experiment_id} → run {run.run_id}",
     )
     report_path = run_dir / "report.md"
@@ -236,8 +253,23 @@ def release_cycle(
             run_dir / "ir",
         )
         metrics = scored.outcome.metrics() | selection.metrics() | calibration.metrics()
+        baseline = None
+        if config.evaluation.baseline not in ("none", config.selection.strategy):
+            baseline = compare_with_baseline(
+                config.pool,
+                config.selection,
+                config.quantization,
+                config.evaluation,
+                scored.outcome.scores,
+                fp_ir,
+                fp16,
+                calibration.comparison.int8,
+                split,
+                run_dir / f"baseline-{config.evaluation.baseline}",
+            )
+            metrics |= baseline.metrics()
         tracking.log_metrics(run, metrics)
-        report_path = _write_outputs(config, run, run_dir, scored, selection, calibration, fp_ir, split)
+        report_path = _write_outputs(config, run, run_dir, scored, selection, calibration, fp_ir, split, baseline)
 
     return ReleaseSummary(
         config=config_path,
@@ -251,6 +283,9 @@ def release_cycle(
         mlflow_run_id=run.run_id,
         run_dir=str(run_dir),
         decomposition=calibration.decomposition,
+        baseline=baseline,
+        baseline_setting=config.evaluation.baseline,
+        bias_correction=config.quantization.bias_correction,
     )
 
 

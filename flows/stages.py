@@ -26,6 +26,7 @@ from tasks.config import (
     QuantizationConfig,
     RuntimeEnv,
     SelectionConfig,
+    section_with,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from tasks.calibration.profiles import ActivationProfiles
     from tasks.calibration.quantize import QuantizeResult
     from tasks.detection.runtime import Speed
-    from tasks.evaluation.comparison import Comparison
+    from tasks.evaluation.comparison import BaselineComparison, Comparison
     from tasks.evaluation.evaluate import EvalResult
     from tasks.evaluation.split import EvalSplit
     from tasks.selection import SelectionOutcome
@@ -213,3 +214,34 @@ def calibrate_and_compare(
         weights_only=parts.weights_only if parts else None,
     )
     return CalibrationOutcome(quantized, comparison, report, parts)
+
+
+def compare_with_baseline(
+    pool: PoolConfig,
+    selection: SelectionConfig,
+    quantization: QuantizationConfig,
+    evaluation: EvaluationConfig,
+    scores: pa.Table,
+    fp_ir: Path,
+    fp16: EvalResult,
+    chosen: EvalResult,
+    split: EvalSplit,
+    out_dir: Path,
+) -> BaselineComparison:
+    """The `evaluation.baseline` strategy's pick at the same K, quantized as `quantization` says
+    and evaluated on `split` (one more PTQ and evaluation: no speed, clipping or gap split), beside
+    the chosen set's INT8 result `chosen`. Its selection.parquet and IR go to `out_dir`."""
+    import pyarrow.parquet as pq
+
+    from tasks.evaluation.comparison import BaselineComparison
+
+    section = section_with(selection, "evaluation.baseline", strategy=evaluation.baseline)
+    picked = select(scores, section, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(picked.table, out_dir / "selection.parquet")
+    images = collect_calibration_images(pool, picked.selection.ids)
+    quantized = quantize(fp_ir, images, quantization, out_dir, split)
+    result = evaluate(quantized.int8_ir_path, split, evaluation)
+    return BaselineComparison.of(
+        evaluation.baseline, section.k, fp16, chosen, result, evaluation.bootstrap_resamples, evaluation.bootstrap_seed
+    )

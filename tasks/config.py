@@ -30,6 +30,8 @@ SyntheticCondition = Literal[
     "normal", "low_contrast", "sensor_noise", "motion_blur", "low_light", "overexposure", "occlusion"
 ]
 RangeEstimator = Literal["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
+# NNCF's bias correction after PTQ: its fast algorithm, or none (NNCF's disable_bias_correction).
+BiasCorrection = Literal["fast", "none"]
 
 # Keys people paste into YAML by habit; the error points them at the environment instead.
 _SECRET_LIKE_KEYS = {"api_key", "key", "virtual_key", "password", "secret", "token"}
@@ -300,6 +302,13 @@ class QuantizationConfig(_Strict):
         "mixed for exported YOLO-style models).",
     )
     range_estimator: RangeEstimator = "MEAN_MINMAX"
+    bias_correction: BiasCorrection = Field(
+        "fast",
+        description="`fast`: NNCF's fast bias correction (its default) shifts each quantized layer's bias so its "
+        "mean output on the calibration images matches the FP model's — the calibration set then sets the "
+        "activation ranges and those bias shifts. `none` (NNCF's disable_bias_correction): the INT8 model keeps "
+        "the FP biases, so the calibration set only sets the activation ranges.",
+    )
     accuracy_control: bool = False
     max_drop: float = Field(0.01, gt=0.0, le=1.0)
 
@@ -329,6 +338,13 @@ class EvaluationConfig(_Strict):
         1000, ge=100, description="Resamples of the eval images behind each paired 95 % interval."
     )
     bootstrap_seed: int = Field(0, ge=0, description="Seed of those resamples.")
+    baseline: Literal["first_n", "none"] = Field(
+        "none",
+        description="`tailcal run` also quantizes on this strategy's pick at the same K, estimator and bias "
+        "correction (one more PTQ and evaluation, no gap split) and reports its gap beside the chosen set's, "
+        "with the paired 95 % interval of the difference. `first_n`: the first K of the pool, what NNCF and "
+        "Ultralytics do by default. `none`: no baseline (a big detector's extra PTQ can take minutes).",
+    )
 
     @field_validator("label_map")
     @classmethod

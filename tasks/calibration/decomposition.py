@@ -22,6 +22,9 @@ Adds matched by name): it is what int8 weights alone cost, the one part no calib
 changes. Calibration sets the activation ranges (activation part) and the bias correction
 (bias-correction part). Measured on the demo (K=256, MEAN_MINMAX): rounded weights score
 the FP16 mAP to 4 decimals, and the bias correction carries the whole weight part.
+With `quantization.bias_correction: none` NNCF keeps the FP biases: the rounded-weights
+model is the weights-only model, it is not evaluated twice, and the bias-correction part is
+exactly 0 (`bias_shifts` finds no bias that moved).
 
 Per activation quantizer, the affordable measure is the part it causes alone:
 weights-only mAP − mAP of weights-only plus that one quantizer. One evaluation each, so only
@@ -175,6 +178,22 @@ def _bias_adds(model) -> dict[str, tuple[object, int]]:
     return found
 
 
+def bias_shifts(model, fp_model) -> dict[str, float]:
+    """{bias Add name: largest |bias − FP bias|} for each bias Add of `model` (IR path or
+    `openvino.Model`) matched by name in `fp_model`; all 0 when NNCF's bias correction did not run."""
+    import numpy as np
+
+    fp_biases = _bias_adds(read_model(fp_model))
+    shifts = {}
+    for name, (op, index) in _bias_adds(read_model(model)).items():
+        if name in fp_biases:
+            fp_op, fp_index = fp_biases[name]
+            mine = np.asarray(_constant(op.input_value(index)).get_data(), np.float32)
+            theirs = np.asarray(_constant(fp_op.input_value(fp_index)).get_data(), np.float32)
+            shifts[name] = float(np.abs(mine - theirs).max()) if mine.shape == theirs.shape else float("inf")
+    return shifts
+
+
 def restore_float_biases(model, fp_model) -> int:
     """Put the FP model's biases back into `model` (in place): each bias Add (a constant added to a
     Convolution / MatMul output) takes the constant of the FP model's Add of the same name,
@@ -255,7 +274,11 @@ def decompose_gap(
         weights_only = evaluate_ir(weights_ir, split, evaluation, measure_speed=False)
         rounded = weights_only_model(int8_ir)
         rounded_weights = None
-        if restore_float_biases(rounded, fp_ir):
+        shifts = bias_shifts(int8_ir, fp_ir)
+        if shifts and not any(shifts.values()):
+            # No bias moved (bias correction off): the rounded-weights model is the weights-only model.
+            rounded_weights = weights_only
+        elif restore_float_biases(rounded, fp_ir):
             rounded_ir = _save(rounded, Path(scratch) / "detector_rounded_weights.xml")
             rounded_weights = evaluate_ir(rounded_ir, split, evaluation, measure_speed=False)
         else:

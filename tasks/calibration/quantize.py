@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.config import QuantizationConfig, RangeEstimator
+from tasks.config import BiasCorrection, QuantizationConfig, RangeEstimator
 from tasks.detection.adapter import Adapter
 from tasks.detection.export import ir_path
 from tasks.detection.preprocess import Preprocessing
@@ -42,6 +42,7 @@ class QuantizeResult:
     preset: str
     range_estimator: str
     accuracy_control: bool = False
+    bias_correction: str = "fast"
 
     def metrics(self) -> dict[str, float]:
         """`ptq.wall_s`: seconds spent in NNCF, for MLflow."""
@@ -57,15 +58,20 @@ def _nncf_preset(preset: str):
     return presets[preset]
 
 
-def _advanced(range_estimator: RangeEstimator):
+def _advanced(range_estimator: RangeEstimator, bias_correction: BiasCorrection):
+    """NNCF's AdvancedQuantizationParameters for the estimator and bias correction; raises
+    QuantizationError naming an unknown value of either and the allowed ones."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     allowed = ("MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM")
     if range_estimator not in allowed:
         raise QuantizationError(f"range_estimator {range_estimator!r} is not known: use one of {', '.join(allowed)}")
+    if bias_correction not in ("fast", "none"):
+        raise QuantizationError(f"bias_correction {bias_correction!r} is not known: use 'fast' or 'none'")
     return AdvancedQuantizationParameters(
-        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, range_estimator)
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, range_estimator),
+        disable_bias_correction=bias_correction == "none",
     )
 
 
@@ -98,7 +104,8 @@ def quantize(
 def quantize_ir(
     fp_ir_path: Path, images: Sequence[np.ndarray | bytes], config: QuantizationConfig, out_dir: Path
 ) -> QuantizeResult:
-    """nncf.quantize on exactly `images`, in order, with `config.preset` and `config.range_estimator`."""
+    """nncf.quantize on exactly `images`, in order, with `config.preset`, `config.range_estimator` and
+    `config.bias_correction`."""
     import nncf
     import openvino as ov
 
@@ -112,19 +119,23 @@ def quantize_ir(
         preset=_nncf_preset(config.preset or adapter.decoder.preset),
         subset_size=len(inputs),
         ignored_scope=_ignored(adapter, model),
-        advanced_parameters=_advanced(config.range_estimator),
+        advanced_parameters=_advanced(config.range_estimator, config.bias_correction),
     )
     xml_path = _save(quantized, ir_path(out_dir, "int8"))
     wall = time.perf_counter() - started
+    preset = config.preset or adapter.decoder.preset
     logger.info(
-        "quantized %s on %d images (%s, %s) in %.1f s",
+        "quantized %s on %d images (%s, %s, bias correction %s) in %.1f s",
         fp_ir_path.name,
         len(inputs),
-        config.preset or adapter.decoder.preset,
+        preset,
         config.range_estimator,
+        config.bias_correction,
         wall,
     )
-    return QuantizeResult(xml_path, len(inputs), wall, config.preset or adapter.decoder.preset, config.range_estimator)
+    return QuantizeResult(
+        xml_path, len(inputs), wall, preset, config.range_estimator, bias_correction=config.bias_correction
+    )
 
 
 def quantize_ir_with_accuracy_control(
@@ -166,13 +177,21 @@ def quantize_ir_with_accuracy_control(
         preset=_nncf_preset(config.preset or adapter.decoder.preset),
         subset_size=len(inputs),
         ignored_scope=_ignored(adapter, model),
-        advanced_quantization_parameters=_advanced(config.range_estimator),
+        advanced_quantization_parameters=_advanced(config.range_estimator, config.bias_correction),
     )
     xml_path = _save(quantized, ir_path(out_dir, "mixed"))
     wall = time.perf_counter() - started
     logger.info("accuracy-controlled PTQ of %s (max_drop %.3f) in %.1f s", fp_ir_path.name, config.max_drop, wall)
     preset = config.preset or adapter.decoder.preset
-    return QuantizeResult(xml_path, len(inputs), wall, preset, config.range_estimator, accuracy_control=True)
+    return QuantizeResult(
+        xml_path,
+        len(inputs),
+        wall,
+        preset,
+        config.range_estimator,
+        accuracy_control=True,
+        bias_correction=config.bias_correction,
+    )
 
 
 def _ignored(adapter: Adapter, model):

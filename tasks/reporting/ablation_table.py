@@ -1,10 +1,16 @@
-"""The ablation table: per (K, strategy, estimator), the INT8−FP16 gap over seeds, and its
-difference from reference strategies with a paired bootstrap interval over the eval images.
+"""The ablation table: per (K, strategy, estimator, bias correction), the INT8−FP16 gap over
+seeds, and its difference from reference strategies with a paired bootstrap interval over the
+eval images.
 
-A reference (`first_n`, the users' default, and `random`) is compared at the same K and
-range estimator. Its interval comes from `tasks.evaluation.bootstrap`: every cell's INT8
+A reference (`first_n`, the users' default, and `random`) is compared at the same K, range
+estimator and bias correction. Its interval comes from `tasks.evaluation.bootstrap`: every cell's INT8
 model is re-accumulated on the same resamples of the eval images, so the difference is
 paired image by image. A reference the grid does not hold reads "n/a".
+
+A row whose strategy selects the same images whatever the seed (first_n, topk, or a strategy
+that drew nothing at that K, e.g. coverage when its greedy picks fill K) ran once: its seeds
+column reads "deterministic", not a seed count, so no one reads its ± as seed spread. The
+bias-correction column appears only when the grid holds more than one bias correction.
 """
 
 from __future__ import annotations
@@ -38,12 +44,16 @@ class Cell:
     per_condition_gap: dict[str, float]
     matches_path: str | None = None
     activation_part: float | None = None
+    bias_correction: str = "fast"
+    deterministic: bool = False  # every seed selects these same images: the cell stands for all of them
 
 
 @dataclass(frozen=True)
 class TableRow:
-    """Cells of one (K, strategy, estimator) over seeds; `versus[reference]` is the difference of
-    mean gaps from the reference strategy with its interval, None where it cannot be computed."""
+    """Cells of one (K, strategy, estimator, bias correction) over seeds; `versus[reference]` is the
+    difference of mean gaps from the reference strategy with its interval, None where it cannot
+    be computed. `deterministic`: the strategy selects the same images for every seed, so `seeds`
+    is 1 and says nothing about seed spread."""
 
     k: int
     strategy: str
@@ -55,6 +65,12 @@ class TableRow:
     per_condition_gap: dict[str, float]  # mean over seeds
     activation_part_mean: float | None = None
     versus: dict[str, Interval | None] = field(default_factory=dict)
+    bias_correction: str = "fast"
+    deterministic: bool = False
+
+    @property
+    def seeds_text(self) -> str:
+        return "deterministic" if self.deterministic else str(self.seeds)
 
     def as_record(self) -> dict[str, object]:
         """The row's key figures, rounded to 4 decimals, for a Prefect table artifact."""
@@ -62,7 +78,8 @@ class TableRow:
             "k": self.k,
             "strategy": self.strategy,
             "estimator": self.estimator,
-            "seeds": self.seeds,
+            "bias_correction": self.bias_correction,
+            "seeds": self.seeds_text,
             "gap_mean": round(self.gap_mean, 4),
             "gap_std": round(self.gap_std, 4),
         }
@@ -79,27 +96,28 @@ def summarize_cells(
     seed: int = 0,
     confidence: float = CONFIDENCE,
 ) -> list[TableRow]:
-    """Group cells by (K, strategy, estimator): mean ± sample std of the gap over seeds, and for
-    each of `references` the paired bootstrap interval of (this mean gap − the reference's)
-    over the eval images.
+    """Group cells by (K, strategy, estimator, bias correction): mean ± sample std of the gap over
+    seeds, and for each of `references` the paired bootstrap interval of (this mean gap − the
+    reference's, at the same K, estimator and bias correction) over the eval images. A group is
+    deterministic when its cells say so.
 
     Intervals need `fp16_matches` and every compared cell's `matches_path` (all on the same
     split); without them, or without the reference at that K and estimator, the entry is
     None. Raises BootstrapError (tasks.evaluation.bootstrap) when the matches come from
     different splits.
     """
-    groups: dict[tuple[int, str, str], list[Cell]] = defaultdict(list)
+    groups: dict[tuple[int, str, str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
-        groups[(cell.k, cell.strategy, cell.estimator)].append(cell)
+        groups[(cell.k, cell.strategy, cell.estimator, cell.bias_correction)].append(cell)
     resampled = _ResampledGaps(fp16_matches, resamples, seed, confidence) if fp16_matches is not None else None
     rows = []
-    for (k, strategy, estimator), members in sorted(groups.items()):
+    for (k, strategy, estimator, bias_correction), members in sorted(groups.items()):
         gaps = [c.gap for c in members]
         conditions = sorted({name for c in members for name in c.per_condition_gap})
         parts = [c.activation_part for c in members if c.activation_part is not None]
         versus = {}
         for reference in references:
-            others = groups.get((k, reference, estimator), [])
+            others = groups.get((k, reference, estimator, bias_correction), [])
             versus[reference] = (
                 resampled.difference(members, others) if resampled and others and reference != strategy else None
             )
@@ -118,6 +136,8 @@ def summarize_cells(
                 },
                 activation_part_mean=statistics.fmean(parts) if parts else None,
                 versus=versus,
+                bias_correction=bias_correction,
+                deterministic=all(c.deterministic for c in members),
             )
         )
     return rows
@@ -156,13 +176,14 @@ def _versus_text(row: TableRow, reference: str, interval: Interval | None) -> st
 
 
 def render_table(rows: list[TableRow], fp16_map: float, references: Sequence[str] = REFERENCES) -> str:
-    """Markdown: one line per (K, strategy, estimator), gaps in mAP units (positive = INT8 worse)."""
+    """Markdown: one line per (K, strategy, estimator[, bias correction]), gaps in mAP units
+    (positive = INT8 worse); the bias-correction column only when the rows hold more than one."""
     conditions = sorted({name for row in rows for name in row.per_condition_gap})
+    by_bias = len({row.bias_correction for row in rows}) > 1
+    keys = ["K", "strategy", "estimator", *(["bias correction"] if by_bias else [])]
     intervals = [i for row in rows for i in row.versus.values() if i is not None]
     header = [
-        "K",
-        "strategy",
-        "estimator",
+        *keys,
         "seeds",
         "gap mean ± std",
         *[f"Δ vs {reference}" for reference in references],
@@ -178,16 +199,19 @@ def render_table(rows: list[TableRow], fp16_map: float, references: Sequence[str
             if intervals
             else "paired bootstrap interval over the eval images"
         )
+        same = "K, estimator and bias correction" if by_bias else "K and estimator"
         lines.append(
-            "Δ vs X = this row's mean gap − X's at the same K and estimator (negative: loses less than X), "
+            f"Δ vs X = this row's mean gap − X's at the same {same} (negative: loses less than X), "
             f"[{how}]; the interval covers eval-image sampling, the ± std covers seeds. "
             "n/a: X is not in this grid (or its per-image matches were not kept). "
-            "Activation part = weights-only − INT8 mAP, the part calibration sets."
+            "Activation part = weights-only − INT8 mAP, the part calibration sets. "
+            'Seeds "deterministic": every seed selects the same images, so the row ran once '
+            "(no seed spread to report)."
         )
     lines += [
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|",
+        "|" + "|".join("---" if i < len(keys) else "---:" for i in range(len(header))) + "|",
     ]
     for row in rows:
         part = row.activation_part_mean
@@ -195,7 +219,8 @@ def render_table(rows: list[TableRow], fp16_map: float, references: Sequence[str
             str(row.k),
             row.strategy,
             row.estimator,
-            str(row.seeds),
+            *([row.bias_correction] if by_bias else []),
+            row.seeds_text,
             # One seed has no spread to report: "± 0.0000" would claim a certainty it lacks.
             f"{row.gap_mean:+.4f} ± {row.gap_std:.4f}" if row.seeds > 1 else f"{row.gap_mean:+.4f} ± n/a",
             *[_versus_text(row, reference, row.versus.get(reference)) for reference in references],

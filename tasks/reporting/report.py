@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tasks.calibration.decomposition import GapDecomposition
-from tasks.evaluation.comparison import Comparison
+from tasks.evaluation.comparison import BaselineComparison, Comparison
 
 
 def condition_table(comparison: Comparison) -> list[dict[str, object]]:
@@ -95,6 +95,24 @@ def _decomposition_lines(comparison: Comparison, decomposition: GapDecomposition
     return lines
 
 
+def _baseline_lines(strategy: str, baseline: BaselineComparison | None) -> list[str]:
+    if baseline is None:
+        return []
+    difference = baseline.difference
+    shown = difference.describe() if difference else f"{baseline.chosen_gap - baseline.gap:+.4f}"
+    how = (
+        f" ({100 * difference.confidence:.0f} % paired bootstrap interval over the {baseline.baseline.images} eval "
+        f"images, {difference.resamples} resamples)"
+        if difference
+        else ""
+    )
+    return [
+        f"Baseline `{baseline.strategy}` (same K, quantized the same way): INT8 "
+        f"**{baseline.baseline.map:.4f}**, gap **{baseline.gap:+.4f}**; `{strategy}`'s gap − its gap: "
+        f"**{shown}**{how}.",
+    ]
+
+
 def render_report(
     *,
     title: str,
@@ -109,6 +127,8 @@ def render_report(
     flagged_layers: list[tuple[str, float]],
     mlflow_link: str,
     decomposition: GapDecomposition | None = None,
+    baseline: BaselineComparison | None = None,
+    bias_correction: str = "fast",
 ) -> str:
     """The report in markdown; gaps in mAP@[.5:.95] units (positive: INT8 worse)."""
     ratio = comparison.throughput_ratio
@@ -117,7 +137,8 @@ def render_report(
         "",
         f"INT8 mAP@[.5:.95] **{comparison.int8.map:.4f}** vs FP16 **{comparison.fp16.map:.4f}**: "
         f"gap **{comparison.gap:+.4f}** (mAP@.5 gap {comparison.gap50:+.4f}).",
-        f"Calibration: `{strategy}`, K={k}, range estimator `{range_estimator}`.",
+        f"Calibration: `{strategy}`, K={k}, range estimator `{range_estimator}`, bias correction `{bias_correction}`.",
+        *_baseline_lines(strategy, baseline),
         f"Scoring: {calls} paid calls, cache hit rate {cache_hit_rate:.1%}, spend €{spend_eur:.4f}"
         + (f", Spearman between passes {spearman:.3f}." if spearman is not None else "."),
         f"Speed: INT8 {comparison.int8.throughput_ips or 0:.0f} img/s vs FP16 {comparison.fp16.throughput_ips or 0:.0f}"

@@ -116,3 +116,23 @@ def test_washed_out_calibration_puts_the_gap_in_the_activation_part(fp16_ir, eva
     assert top.part > 0.5 * activation, f"the input quantizer alone {top.part} vs the activation part {activation}"
     assert len(parts.quantizers) == 2 and parts.activation_quantizers > 10, f"two of many measured: {parts}"
     assert list((tmp_path / "work").iterdir()) == [], "the temporary IRs are removed"
+
+
+@requires_demo_detector
+def test_without_bias_correction_the_bias_correction_part_is_exactly_zero(fp16_ir, eval_split, tmp_path):
+    # given the demo detector quantized with quantization.bias_correction none
+    split = eval_split.head(8)
+    config = QuantizationConfig(range_estimator="MINMAX", bias_correction="none")
+    int8_ir = quantize_ir(fp16_ir, split.images[:4], config, tmp_path).int8_ir_path
+    evaluation = EvaluationConfig(attributed_quantizers=0, bootstrap_resamples=100)
+    fp16 = evaluate_ir(fp16_ir, split, evaluation, measure_speed=False)
+    int8 = evaluate_ir(int8_ir, split, evaluation, measure_speed=False)
+    clipping = activation_clipping(int8_ir, fp16_ir, preprocessing_of(fp16_ir).inputs(split.images[:2]))
+    # when the gap is decomposed
+    parts = decompose_gap(int8_ir, fp16_ir, split, evaluation, fp16, int8, clipping, tmp_path / "work")
+    # then the rounded-weights model is the weights-only model: no bias to put back, nothing fitted
+    assert parts.rounded_weights is parts.weights_only, "no bias moved, so no second model is evaluated"
+    bias = parts.bias_correction_part
+    assert (bias.estimate, bias.low, bias.high) == (0.0, 0.0, 0.0), f"bias-correction part {bias}"
+    assert parts.metrics()["gap_part.bias_correction"] == 0.0, "MLflow gets the exact 0"
+    assert abs(parts.weight_part.estimate + parts.activation_part.estimate - (fp16.map - int8.map)) < 1e-9, "parts add"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from tasks.calibration.decomposition import bias_shifts
 from tasks.calibration.quantize import QuantizationError, quantize, quantize_ir, quantize_ir_with_accuracy_control
 from tasks.config import EvaluationConfig, QuantizationConfig
 from tasks.detection.families import traceable
@@ -71,6 +72,14 @@ def test_range_estimators_give_different_ranges(fp16_ir, eval_split, tmp_path):
     assert ranges["MINMAX"] > ranges["MEAN_MINMAX"], f"input ranges {ranges}"
 
 
+def test_unknown_bias_correction_is_refused(fp16_ir, tmp_path):
+    with pytest.raises(ValidationError, match="fast"):
+        QuantizationConfig(bias_correction="slow")
+    config = QuantizationConfig.model_construct(preset="performance", range_estimator="MINMAX", bias_correction="slow")
+    with pytest.raises(QuantizationError, match="'fast' or 'none'"):
+        quantize_ir(fp16_ir, [np.zeros((192, 192, 3), np.uint8)], config, out_dir=tmp_path)
+
+
 def test_unknown_estimator_is_refused(fp16_ir, tmp_path):
     # the config refuses it at load; the stage refuses it too when handed an unvalidated config
     with pytest.raises(ValidationError, match="MEAN_MINMAX"):
@@ -87,14 +96,33 @@ def test_evaluate_ir_reports_map_breakdown_and_speed(fp16_ir, split):
     assert result.latency_ms > 0 and result.throughput_ips > 0, "speed measured"
 
 
+def test_bias_correction_none_keeps_the_fp_biases_and_fast_moves_them(fp16_ir, split, tmp_path):
+    # given the same three calibration images, quantized with and without NNCF's fast bias correction
+    shifts = {}
+    for mode in ("fast", "none"):
+        config = QuantizationConfig(bias_correction=mode)
+        result = quantize_ir(fp16_ir, split.images[:3], config, out_dir=tmp_path / mode)
+        assert result.bias_correction == mode, f"the result records how it was made: {result}"
+        shifts[mode] = bias_shifts(result.int8_ir_path, fp16_ir)
+    # then with none every bias of the INT8 IR is the FP IR's, bit for bit; with fast some moved
+    assert len(shifts["none"]) > 10, f"the detector's bias Adds are matched by name: {len(shifts['none'])}"
+    assert set(shifts["none"].values()) == {0.0}, f"none keeps the FP biases: {max(shifts['none'].values())}"
+    moved = [name for name, shift in shifts["fast"].items() if shift > 0]
+    # (17 of the demo detector's 36 on these images: NNCF skips a bias whose shift would be large next to it)
+    assert len(moved) >= 5, f"fast bias correction moves biases, moved {len(moved)} of {len(shifts['fast'])}"
+
+
 def test_accuracy_control_runs_with_map_as_the_metric(fp16_ir, split, tmp_path):
     # given a loose max_drop, NNCF validates FP and INT8 with our mAP function and returns an IR
     validation = split.head(4)
-    config = QuantizationConfig(accuracy_control=True, max_drop=1.0)
+    config = QuantizationConfig(accuracy_control=True, max_drop=1.0, bias_correction="none")
     result = quantize_ir_with_accuracy_control(fp16_ir, validation.images, validation, config, out_dir=tmp_path)
     assert result.accuracy_control and result.subset_size == 4, f"{result}"
     assert result.int8_ir_path == tmp_path / "detector_int8_ac.xml", f"the mixed tier's name: {result.int8_ir_path}"
     assert result.int8_ir_path.exists(), "accuracy-controlled IR written"
+    # and bias_correction reaches the accuracy-controlled path too: the FP biases are kept
+    shifts = bias_shifts(result.int8_ir_path, fp16_ir)
+    assert shifts and set(shifts.values()) == {0.0}, f"no bias moved: {max(shifts.values(), default=None)}"
 
 
 def test_accuracy_control_needs_the_validation_split(fp16_ir, split, tmp_path):

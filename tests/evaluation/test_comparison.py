@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tasks.evaluation.comparison import Comparison
+from tasks.evaluation.comparison import BaselineComparison, Comparison
 from tasks.evaluation.evaluate import EvalResult
 
 pytestmark = pytest.mark.unit
@@ -167,3 +167,26 @@ def test_without_the_weights_only_model_there_are_no_parts():
     assert comparison.weight_gap is None and comparison.activation_gap is None, "not measured is None, not 0"
     assert comparison.per_condition_weight_gap == {} and comparison.per_condition_activation_gap == {}, "no parts"
     assert not any(name.startswith(("gap_part", "weights_only")) for name in comparison.metrics()), "no metrics"
+
+
+def test_a_baseline_is_logged_under_its_own_prefix_and_printed_beside_the_chosen_gap():
+    # given FP16 0.40, the chosen set's INT8 0.38 and first_n's 0.37, without per-image matches
+    fp16 = _result(0.40, 0.60, per_condition={"fog": 0.30, "night": NAN})
+    first_n = _result(0.37, 0.58, per_condition={"fog": 0.25, "night": NAN})
+    baseline = BaselineComparison.of("first_n", 16, fp16, _result(0.38, 0.59), first_n, resamples=100, seed=0)
+    # then its gap, the difference of gaps, and no interval without matches
+    assert baseline.difference is None, "no matches, no interval"
+    metrics = baseline.metrics()
+    assert metrics == pytest.approx(
+        {
+            "baseline.first_n.k": 16.0,
+            "baseline.first_n.int8.map": 0.37,
+            "baseline.first_n.gap.map": 0.03,
+            "baseline.first_n.gap.map50": 0.02,
+            "baseline.first_n.gap_difference": -0.01,
+            "baseline.first_n.gap.map.fog": 0.05,
+        }
+    ), f"prefixed metrics, a condition without ground truth left out: {metrics}"
+    line = baseline.describe("hard_tail_mix")
+    assert line.startswith("gap +0.0200 (hard_tail_mix) vs +0.0300 (first_n, same K=16, INT8 0.3700)"), line
+    assert "difference -0.0100 (no interval" in line, f"the difference is still printed: {line}"

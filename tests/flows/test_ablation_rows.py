@@ -3,7 +3,7 @@ condition column, as a real pool without condition labels would make them run.""
 
 import pytest
 
-from flows.ablation import cell_selections
+from flows.ablation import cell_selections, distinct_cells
 from tasks.config import SelectionConfig, load_config
 from tasks.errors import ConfigError
 from tests.support import ROOT
@@ -45,3 +45,32 @@ def test_the_ablation_preset_runs_one_row_without_condition_labels():
     assert config.selection.ablation_factor_rows, "configs/ablation.yaml must hold a factors row"
     assert config.data.synthetic.ordering == "runs", "the preset is the realistic benchmark"
     assert config.data.synthetic.eval_conditions, "the preset evaluates on a shifted production mix"
+
+
+def test_a_row_whose_seeds_select_the_same_images_runs_once_as_deterministic():
+    # given three seeds: coverage selected the same ids each time, random did not, first_n ran one seed
+    same, other = ("a", "b", "c"), ("a", "c", "d")
+    selected = {
+        (16, "coverage", 0): same,
+        (16, "coverage", 1): same,
+        (16, "coverage", 2): same,
+        (16, "random", 0): same,
+        (16, "random", 1): other,
+        (16, "random", 2): same,
+        (16, "first_n", 0): other,
+        (16, "hard_tail_mix[factors]", 0): same,
+    }
+    # when
+    runs = distinct_cells(selected)
+    # then coverage runs once, marked deterministic; random keeps every seed, its repeats included
+    assert runs == {
+        (16, "coverage", 0): True,
+        (16, "random", 0): False,
+        (16, "random", 1): False,
+        (16, "random", 2): False,
+        (16, "first_n", 0): True,
+        (16, "hard_tail_mix[factors]", 0): False,
+    }, f"cells to run: {runs}"
+    # and the same ids in another order are another calibration feed: not collapsed
+    reordered = distinct_cells({(64, "coverage", 0): ("a", "b"), (64, "coverage", 1): ("b", "a")})
+    assert reordered == {(64, "coverage", 0): False, (64, "coverage", 1): False}, f"order kept apart: {reordered}"

@@ -23,6 +23,7 @@ def release_run(tmp_path_factory):
         data={"data_dir": str(work / "data"), "synthetic": {"seed": 5, "pool_size": 160, "eval_size": 20}},
         scoring={"passes": 2, "shard_size": 64},
         selection={"k": 32},
+        evaluation={"baseline": "first_n"},
         tracking={"experiment": "e2e"},
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -91,6 +92,30 @@ def test_int8_model_is_calibrated_on_exactly_the_selected_k(release_run):
     selection = pq.read_table(Path(summary.run_dir) / "selection.parquet")
     assert selection.num_rows == 32 and len(set(selection.column("id").to_pylist())) == 32, "K distinct ids"
     assert summary.metrics["selection.k"] == 32, "K is logged"
+
+
+def test_first_n_is_quantized_beside_the_chosen_set_and_logged_under_its_own_prefix(release_run):
+    summary, _, _ = release_run
+    # given evaluation.baseline first_n: its pick is the pool's first 32 by position, not the chosen set
+    scores = pq.read_table(summary.scored.scores_path).sort_by("position")
+    picked = pq.read_table(Path(summary.run_dir) / "baseline-first_n" / "selection.parquet").column("id").to_pylist()
+    assert picked == scores.column("id").to_pylist()[:32], "first_n takes the first K in pool order"
+    assert (Path(summary.run_dir) / "baseline-first_n" / "detector_int8.xml").exists(), "its own INT8 IR"
+    # then MLflow holds its gap and the paired difference under baseline.first_n.*
+    metrics = MlflowClient(summary.mlflow_tracking_uri).get_run(summary.mlflow_run_id).data.metrics
+    gap = metrics["baseline.first_n.gap.map"]
+    assert gap == pytest.approx(metrics["fp16.map"] - metrics["baseline.first_n.int8.map"]), "its gap is FP16 − INT8"
+    difference = metrics["baseline.first_n.gap_difference"]
+    assert difference == pytest.approx(metrics["gap.map"] - gap), "difference = chosen gap − first_n's gap"
+    low, high = metrics["baseline.first_n.gap_difference.ci_low"], metrics["baseline.first_n.gap_difference.ci_high"]
+    assert low <= difference <= high, f"the paired interval holds the estimate: {low} ≤ {difference} ≤ {high}"
+    assert not any(name.startswith("baseline.") and "gap_part" in name for name in metrics), "no gap split for it"
+    # and the summary prints both gaps side by side, the report says it too
+    line = next(line for line in summary.describe().splitlines() if line.startswith("  vs first_n"))
+    assert f"gap {metrics['gap.map']:+.4f} (hard_tail_mix) vs {gap:+.4f} (first_n" in line, line
+    assert f"difference {difference:+.4f} [{low:+.4f}, {high:+.4f}]" in line, line
+    report = (Path(summary.run_dir) / "report.md").read_text()
+    assert "Baseline `first_n`" in report, f"report.md names the baseline:\n{report}"
 
 
 def test_no_secret_value_appears_anywhere_in_the_run(release_run):

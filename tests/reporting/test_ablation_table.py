@@ -157,7 +157,8 @@ def test_as_record_rounds_key_figures_to_4_decimals():
         "k": 64,
         "strategy": "random",
         "estimator": "MINMAX",
-        "seeds": 3,
+        "bias_correction": "fast",
+        "seeds": "3",  # a count, or "deterministic"
         "gap_mean": 0.0123,
         "gap_std": 0.0046,
     }, f"record with gap figures rounded to 4 decimals: {record}"
@@ -224,3 +225,33 @@ def test_without_per_image_matches_no_interval_is_made_up(grid):
     rows = summarize_cells(cells)
     assert all(value is None for row in rows for value in row.versus.values()), "no matches, no intervals"
     assert "n/a" in render_table(rows, fp16_map=0.5), "shown as n/a"
+
+
+def test_a_deterministic_row_says_so_and_bias_corrections_get_a_column_only_when_crossed():
+    # given coverage ran once (deterministic) and random over two seeds, each with fast and none
+    cells = [
+        dataclasses.replace(_cell(16, "coverage", "MINMAX", 0, 0.004), deterministic=True, bias_correction=bias)
+        for bias in ("fast", "none")
+    ] + [
+        dataclasses.replace(_cell(16, "random", "MINMAX", seed, gap), bias_correction=bias)
+        for seed, gap in ((0, 0.002), (1, 0.004))
+        for bias in ("fast", "none")
+    ]
+    # when
+    rows = summarize_cells(cells)
+    table = render_table(rows, fp16_map=0.5, references=()).splitlines()
+    # then one row per (K, strategy, estimator, bias correction), references compared within a bias correction
+    keys = [(row.strategy, row.bias_correction, row.seeds_text) for row in rows]
+    assert keys == [
+        ("coverage", "fast", "deterministic"),
+        ("coverage", "none", "deterministic"),
+        ("random", "fast", "2"),
+        ("random", "none", "2"),
+    ], f"rows: {keys}"
+    assert table[2].startswith("| K | strategy | estimator | bias correction | seeds |"), f"header: {table[2]}"
+    assert table[3].startswith("|---|---|---|---|---:|"), f"the bias column is text: {table[3]}"
+    assert table[4].startswith("| 16 | coverage | MINMAX | fast | deterministic | +0.0040 ± n/a |"), table[4]
+    assert rows[0].as_record()["seeds"] == "deterministic", f"the artifact too: {rows[0].as_record()}"
+    # and with one bias correction the column is left out
+    single = render_table(summarize_cells(cells[:1]), fp16_map=0.5, references=()).splitlines()
+    assert "bias correction" not in single[2], f"one value, no column: {single[2]}"

@@ -68,7 +68,7 @@ def test_report_contains_headline_figures_and_settings():
     expected = [
         "INT8 mAP@[.5:.95] **0.3900** vs FP16 **0.4123**",
         "gap **+0.0223** (mAP@.5 gap +0.0100)",
-        "Calibration: `hard_tail_mix`, K=256, range estimator `MEAN_MINMAX`.",
+        "Calibration: `hard_tail_mix`, K=256, range estimator `MEAN_MINMAX`, bias correction `fast`.",
         "512 paid calls, cache hit rate 25.0%, spend €0.1235",
         "Speed: INT8 250 img/s vs FP16 100 (2.50×).",
         "MLflow run: http://mlflow.local/#/runs/abc",

@@ -95,6 +95,22 @@ def test_a_different_seed_changes_the_sample(strategy, pool):
     assert set(a.ids) != set(b.ids), f"{strategy}: seeds 0 and 1 should draw different sets"
 
 
+def test_the_seed_reaches_hard_tail_mix_and_coverage_only_through_their_stratified_fill(pool, profiles):
+    # given hard_tail_mix at a small K (half hard, half a seeded stratified fill), seeds 0 and 1
+    mix = [select_calibration_set(pool, SelectionConfig(strategy="hard_tail_mix", k=16, seed=s)) for s in (0, 1)]
+    # then the hard half is the same and the fill differs: the seed reaches the strategy
+    assert mix[0].ids[:8] == mix[1].ids[:8], "the hardest 8 do not depend on the seed"
+    assert set(mix[0].ids[8:]) != set(mix[1].ids[8:]), "the stratified fill is drawn with the seed"
+    # and coverage is deterministic when its greedy picks fill K (12+ picks here), seeded only past them
+    cover = {
+        s: select_calibration_set(pool, SelectionConfig(strategy="coverage", k=10, seed=s), profiles) for s in (0, 1, 2)
+    }
+    assert set(cover[0].reasons) == {"coverage"}, f"K=10 is all greedy picks: {cover[0].reasons}"
+    assert cover[0].ids == cover[1].ids == cover[2].ids, "no draw, so every seed selects the same images"
+    wide = [select_calibration_set(pool, SelectionConfig(strategy="coverage", k=40, seed=s), profiles) for s in (0, 1)]
+    assert set(wide[0].ids) != set(wide[1].ids), "past the greedy picks, the seeded fill differs"
+
+
 def test_k_beyond_the_eligible_candidates_fails_naming_k_count_and_fix(pool):
     scored = sum(item.scored for item in pool.items)
     with pytest.raises(SelectionError, match=rf"selection.k={scored + 1} .* only {scored} .*lower selection.k"):
