@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from tasks.selection import SelectionOutcome
 
 
+MIN_RANKED_IMAGES = 20  # eval images a condition needs before its gap is ranked among the worst
+
+
 @dataclass(frozen=True)
 class ReleaseSummary:
     """What a release-cycle run did, printed at the end and returned to Prefect."""
@@ -66,10 +69,6 @@ class ReleaseSummary:
         s = outcome.summary
         spearman = "n/a" if s.spearman is None else f"{s.spearman:.3f}"
         ratio = metrics.get("int8_vs_fp16.throughput_ratio")
-        worst = sorted(
-            ((k, v) for k, v in metrics.items() if k.startswith("gap.map.") and ".class." not in k and v is not None),
-            key=lambda kv: -kv[1],
-        )[:3]
         selection = self.selection
         lines = [
             "",
@@ -85,8 +84,7 @@ class ReleaseSummary:
             f"  INT8 vs FP16  mAP@[.5:.95] {metrics['int8.map']:.4f} vs {metrics['fp16.map']:.4f}: "
             f"gap {metrics['gap.map']:+.4f} ({self.range_estimator}, bias correction {self.bias_correction}); "
             + (f"INT8 {ratio:.2f}× FP16 throughput" if ratio else "throughput not measured"),
-            "                worst conditions: "
-            + ", ".join(f"{name.removeprefix('gap.map.')} {value:+.4f}" for name, value in worst),
+            f"                worst conditions: {_worst_conditions(metrics)}",
             "  gap split     "
             + (
                 self.decomposition.describe(metrics["fp16.map"], metrics["int8.map"])
@@ -109,6 +107,31 @@ class ReleaseSummary:
         if self.baseline_setting == "none":
             return "  baseline      not run (evaluation.baseline: none)"
         return f"  baseline      the chosen set is {self.baseline_setting} itself"
+
+
+def _worst_conditions(metrics: dict[str, float | None], shown: int = 3) -> str:
+    """The conditions INT8 loses most on, with the eval images each gap rests on. Gaps that print
+    as +0.0000 or below are not losses; a condition with fewer than MIN_RANKED_IMAGES eval images
+    is named apart, unranked: its gap is a few images' noise (2 images once ranked first at +0.15)."""
+    gaps = {
+        k.removeprefix("gap.map."): v
+        for k, v in metrics.items()
+        if k.startswith("gap.map.") and ".class." not in k and v is not None
+    }
+    counts = {c: metrics.get(f"eval.images.{c}") for c in gaps}
+    few = sorted(c for c, n in counts.items() if n is not None and n < MIN_RANKED_IMAGES)
+    ranked = sorted(((c, g) for c, g in gaps.items() if c not in few and round(g, 4) > 0), key=lambda cg: -cg[1])[
+        :shown
+    ]
+    text = ", ".join(
+        f"{c} {g:+.4f}" + (f" ({int(counts[c])} images)" if counts[c] is not None else "") for c, g in ranked
+    )
+    text = text or "none (INT8 loses on no condition)"
+    if few:
+        text += f"; under {MIN_RANKED_IMAGES} eval images, not ranked: " + ", ".join(
+            f"{c} ({int(counts[c])})" for c in few
+        )
+    return text
 
 
 def _fmt(value: float | None) -> str:

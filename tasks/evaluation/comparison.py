@@ -78,6 +78,8 @@ class Comparison:
             values[f"gap.map.{condition}"] = gap
             values[f"fp16.map.{condition}"] = self.fp16.per_condition[condition]
             values[f"int8.map.{condition}"] = self.int8.per_condition[condition]
+            if condition in self.fp16.condition_images:
+                values[f"eval.images.{condition}"] = self.fp16.condition_images[condition]
         for name, gap in self.per_class_gap.items():
             values[f"gap.map.class.{name}"] = gap
         if self.weights_only is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,8 @@ class EvalResult:
 
     map/map50: mAP@[.5:.95] and mAP@.5 in [0, 1]; per_class and per_condition hold
     mAP@[.5:.95] (NaN: no ground truth); latency_ms is batch-1 latency in ms and
-    throughput_ips images/s with parallel requests. `matches` is the per-image matching
+    throughput_ips images/s with parallel requests; condition_images counts the split's images
+    per condition (what each per_condition figure rests on). `matches` is the per-image matching
     behind `map`, which bootstrap intervals over the eval images re-accumulate
     (`tasks.evaluation.bootstrap`); None for results built by hand.
     """
@@ -48,6 +50,7 @@ class EvalResult:
     latency_ms: float | None = None
     throughput_ips: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    condition_images: dict[str, int] = field(default_factory=dict)
     matches: ImageMatches | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
@@ -65,6 +68,7 @@ def _result(split: EvalSplit, detections: list[Detections], **speed) -> EvalResu
         per_condition=scored.per_condition,
         per_condition_map50=scored.per_condition_map50,
         images=len(detections),
+        condition_images=dict(Counter(img.get("condition", "unknown") for img in split.coco["images"])),
         matches=image_matches(split.coco, by_id, split.category_ids),
         **speed,
     )
