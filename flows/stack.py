@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import yaml
 
 from flows.deploy_local import SERVER_START_S, WORK_POOL, LocalPrefect, StartedOnEnter, run_until_interrupted
@@ -106,9 +107,8 @@ tailcal stack — up (config {self.config})
   Redis          {self.redis_url}  ({self.redis})
   S3 (moto)      {self.s3_endpoint}  pool {self.pool_uri}; MLflow artefacts {self.artifacts_destination}
   MLflow         {self.mlflow_url}  (backend {self.mlflow_backend})
-  gateway        {self.gateway_url}  LiteLLM proxy, master key from {MASTER_KEY_ENV}
-                 models {", ".join(self.gateway_models)}
-                 in front of the reference scorer {self.scorer_url}
+  gateway        {self.gateway_url}  LiteLLM proxy (master key from {MASTER_KEY_ENV}) serving
+                 {", ".join(self.gateway_models)} from the reference scorer {self.scorer_url}
   Prometheus     {self.prometheus_url}  scraping {self.metrics_target} every {SCRAPE_INTERVAL_S} s
   Prefect        {self.prefect_url}  ({self.workers} process workers on work pool {WORK_POOL})
 
@@ -455,8 +455,10 @@ def demo(home: Path, config: str | None, params: Sequence[str]) -> int:
     """Run the release cycle through the deployment on the running stack, then say where to look."""
     state = home / "stack.json"
     if not state.exists():
-        print(f"make stack-demo: no stack is running ({state} is missing): run `make stack` in another shell first",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"make stack-demo: no stack is running ({state} is missing): run `make stack` in another shell first",
+            file=sys.stderr,
+        )
         return 2
     info = StackInfo(**json.loads(state.read_text()))
     config = config or info.config
@@ -466,14 +468,36 @@ def demo(home: Path, config: str | None, params: Sequence[str]) -> int:
         command += ["--param", param]
     print(f"running {DEPLOYMENT} on the stack (Prefect {info.prefect_url}) with {config}", flush=True)
     result = subprocess.run([*command, "--watch", "--watch-timeout", "3600"], env=env, check=False)
+    experiment = load_config(config).tracking.experiment
     print(f"""
 Where to look:
-  Prefect     {info.prefect_url}/runs  (flow runs, their logs and the release report artifact)
-  MLflow      {info.mlflow_url}  experiment of {config}; artefacts in {info.artifacts_destination}
+  Prefect     {info.prefect_url}/runs  (the flow run, its logs and the release report artifact)
+  MLflow      {latest_run(info, experiment)}
   Prometheus  {info.prometheus_url}/graph?g0.expr=sum%20by%20(outcome)%20(tailcal_scoring_requests_total)
               (configs/grafana/tailcal-scoring.json holds the dashboard's queries)
   gateway     {info.logs.get("LiteLLM proxy", "")}  (the proxy's access log: one line per call)""")
     return result.returncode
+
+
+def latest_run(info: StackInfo, experiment: str) -> str:
+    """The newest MLflow run of `experiment`: its URL, artefact folder in S3 and headline figures."""
+    api = f"{info.mlflow_url}/api/2.0/mlflow"
+    try:
+        found = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}, timeout=30)
+        experiment_id = found.json()["experiment"]["experiment_id"]
+        body = {"experiment_ids": [experiment_id], "max_results": 1, "order_by": ["attributes.start_time DESC"]}
+        run = httpx.post(f"{api}/runs/search", json=body, timeout=30).json()["runs"][0]
+    except (httpx.HTTPError, KeyError, IndexError, ValueError):
+        return f"{info.mlflow_url}  (no run of experiment {experiment} found)"
+    run_id = run["info"]["run_id"]
+    metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+    figures = ", ".join(
+        f"{name} {metrics[name]:.4g}" for name in ("scoring.calls", "scoring.spend_eur", "gap.map") if name in metrics
+    )
+    return (
+        f"{info.mlflow_url}/#/experiments/{experiment_id}/runs/{run_id}  ({figures})\n"
+        f"              artefacts in {info.artifacts_destination}/{experiment_id}/{run_id}/artifacts/"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

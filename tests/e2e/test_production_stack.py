@@ -22,7 +22,7 @@ import redis
 import yaml
 from mlflow import MlflowClient
 
-from flows.stack import DEPLOYMENT, MASTER_KEY_ENV, POSTGRES, S3_KEY_ENVS, Stack, StackPorts, answers
+from flows.stack import DEPLOYMENT, MASTER_KEY_ENV, POSTGRES, S3_KEY_ENVS, Stack, StackPorts, answers, latest_run
 from flows.stack import drop_postgres_database as drop_database
 from tasks.loopback import free_port
 from tasks.scoring.budget import BudgetLedger, to_nano
@@ -152,6 +152,8 @@ def test_the_mlflow_run_lives_on_the_server_with_its_artefacts_in_s3(run):
     expected = {f"{where}/{name}" for name in ("report.md", "scores.parquet", "selection.parquet")}
     expected |= {f"{where}/ir/detector_int8.xml", f"{where}/ir/detector_int8.bin"}
     assert expected <= keys, f"artefacts in the moto bucket: missing {sorted(expected - keys)} of {sorted(keys)}"
+    pointer = latest_run(run.stack.info, "stack-e2e")  # what `make stack-demo` prints
+    assert f"/runs/{info.run_id}" in pointer and f"{info.run_id}/artifacts/" in pointer, pointer
 
 
 def test_every_call_went_through_the_gateway_and_the_ledger_booked_exactly_what_it_served(run):
