@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -48,7 +49,7 @@ import yaml
 
 from flows.deploy_local import SERVER_START_S, WORK_POOL, LocalPrefect, StartedOnEnter, run_until_interrupted
 from tasks.config import RuntimeEnv, TailcalConfig, load_config
-from tasks.errors import ServiceError
+from tasks.errors import ConfigError, ServiceError, TailcalError
 from tasks.services import ServerProcess, redis_service
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ def _local_port(url: str, what: str) -> int:
 
 def _postgres_database(name: str) -> str | None:
     """`postgresql://…/<name>` on 127.0.0.1:5432 (created when missing) when PostgreSQL answers, else None."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"--database {name!r}: use lower-case letters, digits and _ (or sqlite)")
     if not answers(*POSTGRES):
         return None
     import psycopg2
@@ -446,9 +449,9 @@ def up(config: Path, home: Path, ports: StackPorts, redis: str, database: str) -
             return run_until_interrupted([*stack.processes, *stack.prefect.processes], "make stack")
     except KeyboardInterrupt:
         return 0
-    except ServiceError as error:
+    except TailcalError as error:  # a bad config or option, a server that would not start
         print(f"make stack: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, ConfigError) else 1
 
 
 def demo(home: Path, config: str | None, params: Sequence[str]) -> int:
