@@ -9,10 +9,12 @@ One stack and one run for the whole module: each test reads what that run left b
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import httpx
@@ -26,6 +28,7 @@ from flows.stack import DEPLOYMENT, MASTER_KEY_ENV, POSTGRES, S3_KEY_ENVS, Stack
 from flows.stack import drop_postgres_database as drop_database
 from tasks.loopback import free_port
 from tasks.scoring.budget import BudgetLedger, to_nano
+from tests.conftest import TEST_DB
 from tests.support import ROOT, gateway_env_or_skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -43,7 +46,6 @@ class Run:
     output: str
     started: float
     ended: float
-    redis_url: str
 
 
 def _config(tmp: Path, gateway_port: int, metrics_port: int, model: str) -> Path:
@@ -71,7 +73,9 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     config = _config(tmp, free_port(), free_port(), f"stack-vlm-{secrets.token_hex(4)}")
     ports = StackPorts(prefect=free_port(), mlflow=free_port(), s3=free_port(), prometheus=free_port())
-    redis_url = "redis://127.0.0.1:6379/15" if answers("127.0.0.1", 6379) else "embedded"  # tests own db 15
+    # REDIS_URL's server (CI sets it), else the one on :6379, else the embedded Valkey; tests own db 15
+    server = os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0" if answers("127.0.0.1", 6379) else None)
+    redis_url = urlunsplit(urlsplit(server)._replace(path=f"/{TEST_DB}")) if server else "embedded"
     database = f"tailcal_e2e_{secrets.token_hex(4)}"
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     with pytest.MonkeyPatch.context() as env:
@@ -87,10 +91,13 @@ def run(tmp_path_factory):
                     timeout=600,
                 )  # fmt: skip
                 ended = time.time()
-                yield Run(stack, config, tmp / "data", result.stdout + result.stderr, started, ended, redis_url)
+                yield Run(stack, config, tmp / "data", result.stdout + result.stderr, started, ended)
                 started_by_stack = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
         finally:
             drop_database(database)
+            if server:  # the house rule: tests use database 15 of a shared Redis, and flush it
+                with redis.Redis.from_url(redis_url) as client:
+                    client.flushdb()
     _, alive = psutil.wait_procs(started_by_stack, timeout=10)
     assert not alive, f"left running after the stack stopped: {[p.cmdline()[:4] for p in alive]}"
 
@@ -167,8 +174,7 @@ def test_every_call_went_through_the_gateway_and_the_ledger_booked_exactly_what_
     assert scorer["requests"] == paid, f"the scorer behind the proxy answered {scorer['requests']}, paid {paid}"
     prompt, completion = scorer["prompt_tokens"], scorer["completion_tokens"]
     billed = (prompt * PRICE["input_eur_per_mtok"] + completion * PRICE["output_eur_per_mtok"]) / 1e6
-    url = run.redis_url if run.redis_url != "embedded" else stack.info.redis_url
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(stack.info.redis_url)  # the Redis the workers were given
     try:
         state = BudgetLedger(client, stack.master_key, cap_eur=CAP_EUR, alert_fraction=0.002).state()
     finally:
