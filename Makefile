@@ -12,8 +12,11 @@ UI_PREFECT_PORT ?= 4200
 UI_PREFECT_HOME ?= $(abspath .prefect)
 GATEWAY_PORT ?= 4000
 GATEWAY_DIR ?= $(abspath data/gateway)
+STACK_CONFIG ?= configs/stack.yaml
+STACK_HOME ?= $(abspath data/stack/services)
+STACK_ARGS ?=
 
-.PHONY: install demo test lint format bench ui deploy gateway-env gateway ablation clean
+.PHONY: install demo test lint format bench ui deploy gateway-env gateway stack stack-demo ablation clean
 
 install: $(STAMP)
 
@@ -63,6 +66,21 @@ gateway-env: install
 # The LiteLLM proxy on :$(GATEWAY_PORT) in front of the reference scorer, keyed by LITELLM_MASTER_KEY.
 gateway: install
 	$(BIN)/python -m tasks.testing.litellm_proxy --port $(GATEWAY_PORT) --work-dir $(GATEWAY_DIR)
+
+# The production column on one machine, until Ctrl-C (which stops everything it started): Redis (the
+# server on :6379, else the embedded Valkey), S3 (moto's server, :9000) holding STACK_CONFIG's pool,
+# MLflow (:5000; PostgreSQL on :5432 when it answers, else SQLite; artefacts in that S3), the LiteLLM
+# proxy (:4000, master key from LITELLM_MASTER_KEY or drawn at random) in front of the reference
+# scorer, Prometheus (:9090; Debian's package, apt-get installs it when missing) scraping the flow
+# run's metrics (:9464), a Prefect server (:4200) with two process workers. Other ports:
+# STACK_ARGS="--prefect-port 4201 --mlflow-port 5001 --s3-port 9001 --prometheus-port 9091".
+stack: install
+	$(BIN)/python -m flows.stack up --config $(STACK_CONFIG) --home $(STACK_HOME) $(STACK_ARGS)
+
+# The release cycle through `prefect deployment run` on the stack `make stack` runs in another shell;
+# prints where to look.
+stack-demo: install
+	$(BIN)/python -m flows.stack demo --home $(STACK_HOME)
 
 # A small ablation grid on the demo data (the full grid: tailcal ablate).
 ablation: install

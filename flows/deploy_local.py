@@ -19,8 +19,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from tasks.errors import ServiceError
 from tasks.services import ServerProcess, offline_environment
@@ -29,8 +30,43 @@ WORK_POOL = "tailcal-process"
 SERVER_START_S = 180  # a Prefect or MLflow server on a busy 2-core machine
 
 
-class LocalPrefect:
-    def __init__(self, home: Path, port: int = 4200, project: Path | None = None) -> None:
+class StartedOnEnter:
+    """A context manager over `start()` and `stop()`: a start that fails half-way stops what it started."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class LocalPrefect(StartedOnEnter):
+    """A Prefect server on 127.0.0.1:`port` (state in `home`), the `tailcal-process` work pool,
+    prefect.yaml's deployments and `workers` process workers; a context manager.
+
+    `worker_env` goes to the workers alone (and so to the flow runs they start): where the
+    stores are and the secrets the flows need, which the server and the CLI never see.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        port: int = 4200,
+        project: Path | None = None,
+        workers: int = 1,
+        worker_env: Mapping[str, str] | None = None,
+    ) -> None:
         project = (project or Path.cwd()).resolve()
         if not (project / "prefect.yaml").exists():
             raise FileNotFoundError(
@@ -46,19 +82,10 @@ class LocalPrefect:
             PREFECT_WORKER_QUERY_SECONDS="2",
             TAILCAL_CHECKOUT=str(project),
         )
+        self.workers = workers
+        self.worker_env = dict(worker_env or {})
         self.processes: list[ServerProcess] = []
         self._prefect = [sys.executable, "-m", "prefect"]
-
-    def __enter__(self) -> LocalPrefect:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run a prefect CLI command against this server; raises with its output on failure."""
@@ -74,19 +101,34 @@ class LocalPrefect:
         server.wait_until_answers(f"{self.api_url}/health", SERVER_START_S)
         self.prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
         self.prefect("--no-prompt", "deploy", "--all")
-        self._spawn("Prefect worker", ["worker", "start", "--pool", WORK_POOL])
+        for number in range(1, self.workers + 1):
+            name = "Prefect worker" if self.workers == 1 else f"Prefect worker {number}"
+            self._spawn(name, ["worker", "start", "--pool", WORK_POOL], self.worker_env)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
 
-    def _spawn(self, name: str, args: list[str]) -> ServerProcess:
-        log_path = self.home / f"{name.split()[-1]}.log"
-        process = ServerProcess(name, [*self._prefect, *args], env=self.env, cwd=self.project, log_path=log_path)
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> ServerProcess:
+        log_path = self.home / f"{name.removeprefix('Prefect ').replace(' ', '-')}.log"
+        environment = {**self.env, **(env or {})}
+        process = ServerProcess(name, [*self._prefect, *args], env=environment, cwd=self.project, log_path=log_path)
         self.processes.append(process)
         process.start()
         return process
+
+
+def run_until_interrupted(servers: Sequence[ServerProcess], command: str) -> int:
+    """Block until Ctrl-C (return 0) or until one of `servers` stops on its own (return 1, naming it)."""
+    try:
+        while all(server.alive() for server in servers):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    stopped = next(server.name for server in servers if not server.alive())
+    print(f"{command}: the {stopped} stopped on its own; stopping the rest", file=sys.stderr)
+    return 1
 
 
 def serve_ui(mlflow_store: str, prefect_home: Path, mlflow_port: int, prefect_port: int) -> int:
@@ -116,11 +158,7 @@ def serve_ui(mlflow_store: str, prefect_home: Path, mlflow_port: int, prefect_po
             "    (Ctrl-C stops both)",
             flush=True,
         )
-        while all(server.alive() for server in servers):
-            time.sleep(0.5)
-        stopped = next(server.name for server in servers if not server.alive())
-        print(f"the {stopped} stopped on its own; stopping the other", file=sys.stderr)
-        return 1
+        return run_until_interrupted(servers, "make ui")
     except KeyboardInterrupt:
         return 0
     except ServiceError as error:

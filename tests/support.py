@@ -258,3 +258,23 @@ def ctrl_c(make: subprocess.Popen, timeout_s: float = 90) -> list:
     os.killpg(make.pid, signal.SIGINT)
     make.wait(timeout=timeout_s)
     return started
+
+
+# --- the LiteLLM proxy's environment ---
+
+
+def gateway_env_or_skip() -> None:
+    """.venv-gateway, built when missing; skips the caller only when it must be built and the
+    package index cannot be reached."""
+    import httpx
+
+    from tasks.testing import gateway_env
+
+    if gateway_env.is_current():
+        return
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        httpx.get(f"{index}/litellm/", timeout=15, follow_redirects=True).raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.skip(f".venv-gateway is not built and the package index {index} is unreachable ({exc!r})")
+    gateway_env.ensure_gateway_env()

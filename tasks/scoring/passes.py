@@ -126,6 +126,7 @@ def open_session(
     lease_s = 2 * setup.gateway.timeout_s * (setup.gateway.max_retries + 1) + 60
     ledger = BudgetLedger(client, api_key, setup.budget.cap_eur, setup.budget.alert_fraction, lease_s)
     label = ledger_id(api_key)
+    _declare_series(metrics, setup, ledger, label)
     return ScoringSession(
         setup=setup,
         template=template,
@@ -136,6 +137,20 @@ def open_session(
         metrics=metrics,
         ledger_label=label,
     )
+
+
+def _declare_series(metrics: ScoringMetrics, setup: ScoringSetup, ledger: BudgetLedger, label: str) -> None:
+    """Give every dashboard series a value from the session's start, so a dashboard query returns
+    0 rather than nothing before the first failure, alert or exhausted cap."""
+    state = ledger.state()
+    metrics.budget_spent_eur.labels(ledger=label).set(state.spent_eur)
+    metrics.budget_exhausted.labels(ledger=label).set(1 if state.spent_eur >= setup.budget.cap_eur else 0)
+    metrics.budget_alerts.labels(ledger=label)
+    metrics.cache_lookups.labels(result="hit")
+    metrics.cache_lookups.labels(result="miss")
+    for model in setup.gateway.models:
+        metrics.attempt_failures.labels(model=model.name.removeprefix("openai/"))
+        metrics.spend_eur.labels(ledger=label, model=model.name)
 
 
 def score_shard(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:

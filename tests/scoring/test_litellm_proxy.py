@@ -17,7 +17,6 @@ reaches it as it reaches any gateway: `gateway.url` and the key in TAILCAL_GATEW
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
@@ -30,10 +29,10 @@ from tasks.loopback import free_port
 from tasks.scoring import passes
 from tasks.scoring.budget import BudgetLedger, to_nano
 from tasks.services import redis_service
-from tasks.testing import gateway_env, proxy_auth
+from tasks.testing import proxy_auth
 from tasks.testing.litellm_proxy import LiteLLMProxy, VirtualKey
 from tasks.testing.reference_scorer import BAD_REQUEST_MESSAGE, FaultPlan, ReferenceScorer, ScorerSettings
-from tests.support import ctrl_c, make_target, subprocess_env, wait_until, write_config
+from tests.support import ctrl_c, gateway_env_or_skip, make_target, subprocess_env, wait_until, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,16 +47,7 @@ STRICT_MODEL = "reference-vlm-strict"  # served by a scorer that rejects every r
 
 @pytest.fixture(scope="module")
 def proxy_environment() -> None:
-    """.venv-gateway, built when missing; the tests are skipped only when it must be built and
-    the package index cannot be reached."""
-    if gateway_env.is_current():
-        return
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    try:
-        httpx.get(f"{index}/litellm/", timeout=15, follow_redirects=True).raise_for_status()
-    except httpx.HTTPError as exc:
-        pytest.skip(f".venv-gateway is not built and the package index {index} is unreachable ({exc!r})")
-    gateway_env.ensure_gateway_env()
+    gateway_env_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,24 @@ def test_alert_fires_once_with_webhook_and_metric(redis_client, scorer, pool_dir
     assert "test-key" not in json.dumps(_Hook.posts), "the webhook never carries the virtual key"
 
 
+def test_every_dashboard_series_exists_at_zero_when_a_session_opens(redis_client, scorer):
+    # given a fresh session (nothing scored, no failure, no alert, the cap far away)
+    config = scoring_config(budget={"cap_eur": 1.0})
+    session = session_for(config, redis_client, scorer.base_url, key="fresh-dashboard-key")
+    registry, ledger = session.metrics.registry, {"ledger": session.ledger_label}
+    # then the series a dashboard query reads hold 0 instead of being absent
+    model = {"model": "reference-vlm"}
+    expected = {
+        ("tailcal_budget_exhausted", frozenset(ledger.items())): 0.0,
+        ("tailcal_budget_alerts_total", frozenset(ledger.items())): 0.0,
+        ("tailcal_budget_spent_eur", frozenset(ledger.items())): 0.0,
+        ("tailcal_gateway_attempt_failures_total", frozenset(model.items())): 0.0,
+        ("tailcal_cache_lookups_total", frozenset({"result": "hit"}.items())): 0.0,
+    }
+    found = {key: registry.get_sample_value(key[0], dict(key[1])) for key in expected}
+    assert found == expected, f"series at 0 from the start: {found}"
+
+
 def test_cached_only_stops_every_call_at_the_cap(redis_client, scorer, pool_dir):
     config = scoring_config(budget={"cap_eur": 0.00001, "on_exhausted": "cached_only"})
     records = score_shard(session_for(config, redis_client, scorer.base_url), rows(pool_dir, 0, 20))
