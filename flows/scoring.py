@@ -8,7 +8,7 @@ module hands it `score_shard.submit` as the way to run a shard, and a progress a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,15 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.stages import flow_run_tags, prepare_benchmark
+from flows.stages import flow_run_tags, pool_profiles, prepare_benchmark, profile_shard
 from tasks import tracking
 from tasks.config import Override, RuntimeEnv, ScoringSetup, TailcalConfig, load_for
 from tasks.services import RedisService, gateway_endpoint, offline_environment, redis_service
 
 if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.calibration.profiles import ActivationProfiles
     from tasks.ingest import Candidate
     from tasks.scoring.job import ScoringOutcome
     from tasks.scoring.passes import ScoringSession
@@ -94,9 +97,7 @@ def scoring_services(config: TailcalConfig, env: RuntimeEnv) -> Iterator[Scoring
 @contextmanager
 def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[Callable]:
     """`submit(parameters) → future` for `score-shard`: on the flow's own thread pool, or with
-    `scoring.runner: dask` on prefect-dask's DaskTaskRunner — the scheduler at
-    TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes started here
-    and stopped when scoring ends.
+    `scoring.runner: dask` on prefect-dask's DaskTaskRunner (`dask_runner`).
 
     Each worker process opens its own scoring session (event loop, `gateway.concurrency`
     calls in flight); the score cache, the budget ledger and the rpm limit live in Redis, so
@@ -105,21 +106,28 @@ def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServic
     if config.scoring.runner == "threads":
         yield lambda parameters: score_shard.submit(**parameters)
         return
+    local = {"Redis": services.redis.embedded, "gateway": config.gateway.url == "embedded"}
+    with dask_runner(config, env, [name for name, here in local.items() if here]) as runner:
+        yield lambda parameters: runner.submit(score_shard, parameters)
+
+
+@contextmanager
+def dask_runner(config: TailcalConfig, env: RuntimeEnv, embedded: Sequence[str] = ()) -> Iterator[DaskTaskRunner]:
+    """prefect-dask's DaskTaskRunner for `scoring.runner: dask`, started and stopped here: the
+    scheduler at TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes.
+
+    `embedded` names services of this process the tasks need ("Redis", "gateway"); a remote
+    scheduler's workers could not reach them, so that combination is refused (ConfigError)."""
     from prefect_dask import DaskTaskRunner
 
     from tasks.errors import ConfigError
 
     address = env.tailcal_dask_address
     if address:
-        loopback = [
-            name
-            for name, local in (("Redis", services.redis.embedded), ("gateway", config.gateway.url == "embedded"))
-            if local
-        ]
-        if loopback:
+        if embedded:
             raise ConfigError(
                 f"scoring.runner: dask with TAILCAL_DASK_ADDRESS={address} needs services its workers can reach, "
-                f"but the {' and '.join(loopback)} here {'are' if len(loopback) > 1 else 'is'} embedded in this "
+                f"but the {' and '.join(embedded)} here {'are' if len(embedded) > 1 else 'is'} embedded in this "
                 "process: set REDIS_URL and gateway.url to shared servers, or unset TAILCAL_DASK_ADDRESS for a "
                 "local cluster"
             )
@@ -129,14 +137,13 @@ def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServic
         # One thread per worker: a shard is already concurrent inside (its own event loop).
         cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
         runner = DaskTaskRunner(cluster_kwargs=cluster | {"env": _worker_environment()})
-    get_run_logger().info(
-        "scoring shards on Dask: %s", address or f"a local cluster of {config.scoring.dask_workers} processes"
-    )
+    where = address or f"a local cluster of {config.scoring.dask_workers} processes"
+    get_run_logger().info("shards on Dask: %s", where)
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would drown the run's own
     with runner:
-        yield lambda parameters: runner.submit(score_shard, parameters)
+        yield runner
 
 
 def _worker_environment() -> dict[str, str]:
@@ -153,6 +160,31 @@ def _worker_environment() -> dict[str, str]:
         url = SubprocessASGIServer().api_url  # the ephemeral server of this process, already running
     # Nanny adds these to the environment its worker inherits from this process.
     return offline_environment({}, PREFECT_API_URL=str(url), PREFECT_HOME=str(settings.home))
+
+
+def pool_profile_stage(config: TailcalConfig, env: RuntimeEnv, fp_ir: Path) -> ActivationProfiles:
+    """The pool's activation profiles for the `coverage` strategy (in a flow's body): one task
+    here, or with `scoring.runner: dask` shards of `scoring.shard_size` candidates on the Dask
+    runner scoring uses, at most `SHARDS_IN_FLIGHT` at once, merged in pool order. Each image is
+    profiled alone, so both give the same profiles. Workers of a remote scheduler must read
+    `fp_ir` at the same path (under `data.data_dir`, which their score logs already share)."""
+    if config.scoring.runner == "threads":
+        return pool_profiles(config.pool, fp_ir)
+    from collections import deque
+
+    from tasks.calibration.profiles import merge_profiles
+    from tasks.ingest import IngestReport, iter_candidate_batches
+    from tasks.scoring.job import SHARDS_IN_FLIGHT, shards
+
+    parts: list[ActivationProfiles] = []
+    pending: deque = deque()
+    with dask_runner(config, env) as runner:
+        for shard in shards(iter_candidate_batches(config.pool, env, IngestReport()), config.scoring.shard_size):
+            pending.append(runner.submit(profile_shard, {"fp_ir": fp_ir, "candidates": shard}))
+            while len(pending) >= SHARDS_IN_FLIGHT:
+                parts.append(pending.popleft().result())
+        parts.extend(future.result() for future in pending)
+    return merge_profiles(parts)
 
 
 @dataclass(frozen=True)
