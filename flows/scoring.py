@@ -95,20 +95,39 @@ def scoring_services(config: TailcalConfig, env: RuntimeEnv) -> Iterator[Scoring
 
 
 @contextmanager
-def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[Callable]:
-    """`submit(parameters) → future` for `score-shard`: on the flow's own thread pool, or with
-    `scoring.runner: dask` on prefect-dask's DaskTaskRunner (`dask_runner`).
+def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[ShardSubmitter]:
+    """`submit(parameters) → future` for `score-shard` and how many shards to keep in flight: on
+    the flow's own thread pool, or with `scoring.runner: dask` on prefect-dask's DaskTaskRunner
+    (`dask_runner`).
 
     Each worker process opens its own scoring session (event loop, `gateway.concurrency`
     calls in flight); the score cache, the budget ledger and the rpm limit live in Redis, so
     they bind across every process. A remote scheduler's workers cannot reach this
     machine's embedded Valkey or loopback reference scorer: that is refused (ConfigError)."""
+    from tasks.scoring.job import SHARDS_IN_FLIGHT
+
     if config.scoring.runner == "threads":
-        yield lambda parameters: score_shard.submit(**parameters)
+        yield ShardSubmitter(lambda parameters: score_shard.submit(**parameters), SHARDS_IN_FLIGHT)
         return
     local = {"Redis": services.redis.embedded, "gateway": config.gateway.url == "embedded"}
     with dask_runner(config, env, [name for name, here in local.items() if here]) as runner:
-        yield lambda parameters: runner.submit(score_shard, parameters)
+        yield ShardSubmitter(lambda parameters: runner.submit(score_shard, parameters), dask_in_flight(runner))
+
+
+@dataclass(frozen=True)
+class ShardSubmitter:
+    """How a flow hands shards to its task runner, and how many it keeps in flight there."""
+
+    submit: Callable
+    in_flight: int
+
+
+def dask_in_flight(runner: DaskTaskRunner) -> int:
+    """Shards in flight on a Dask cluster: two per worker thread it has now (one running, one
+    waiting), and never fewer than the thread pool's `SHARDS_IN_FLIGHT`."""
+    from tasks.scoring.job import SHARDS_IN_FLIGHT
+
+    return max(SHARDS_IN_FLIGHT, 2 * sum(runner.client.nthreads().values()))
 
 
 @contextmanager
@@ -134,8 +153,10 @@ def dask_runner(config: TailcalConfig, env: RuntimeEnv, embedded: Sequence[str] 
         runner = DaskTaskRunner(address=address)
     else:
         workers = config.scoring.dask_workers
-        # One thread per worker: a shard is already concurrent inside (its own event loop).
-        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+        # Two shards at a time per process, as the flow's own thread pool runs them: one shard's
+        # hashing and tail overlap another's calls; `gateway.concurrency` still bounds the process
+        # (its shards share one event loop). One at a time lost throughput (bench/scoring.py (a)).
+        cluster = {"n_workers": workers, "threads_per_worker": 2, "processes": True, "dashboard_address": ":0"}
         runner = DaskTaskRunner(cluster_kwargs=cluster | {"env": _worker_environment()})
     where = address or f"a local cluster of {config.scoring.dask_workers} processes"
     get_run_logger().info("shards on Dask: %s", where)
@@ -165,7 +186,7 @@ def _worker_environment() -> dict[str, str]:
 def pool_profile_stage(config: TailcalConfig, env: RuntimeEnv, fp_ir: Path) -> ActivationProfiles:
     """The pool's activation profiles for the `coverage` strategy (in a flow's body): one task
     here, or with `scoring.runner: dask` shards of `scoring.shard_size` candidates on the Dask
-    runner scoring uses, at most `SHARDS_IN_FLIGHT` at once, merged in pool order. Each image is
+    runner scoring uses, as many in flight as scoring keeps there, merged in pool order. Each image is
     profiled alone, so both give the same profiles. Workers of a remote scheduler must read
     `fp_ir` at the same path (under `data.data_dir`, which their score logs already share)."""
     if config.scoring.runner == "threads":
@@ -174,14 +195,15 @@ def pool_profile_stage(config: TailcalConfig, env: RuntimeEnv, fp_ir: Path) -> A
 
     from tasks.calibration.profiles import merge_profiles
     from tasks.ingest import IngestReport, iter_candidate_batches
-    from tasks.scoring.job import SHARDS_IN_FLIGHT, shards
+    from tasks.scoring.job import shards
 
     parts: list[ActivationProfiles] = []
     pending: deque = deque()
     with dask_runner(config, env) as runner:
+        in_flight = dask_in_flight(runner)
         for shard in shards(iter_candidate_batches(config.pool, env, IngestReport()), config.scoring.shard_size):
             pending.append(runner.submit(profile_shard, {"fp_ir": fp_ir, "candidates": shard}))
-            while len(pending) >= SHARDS_IN_FLIGHT:
+            while len(pending) >= in_flight:
                 parts.append(pending.popleft().result())
         parts.extend(future.result() for future in pending)
     return merge_profiles(parts)
@@ -229,7 +251,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
             logger.info(predicted.describe())
             return predicted
 
-        with shard_runner(config, env, services) as submit:
+        with shard_runner(config, env, services) as runner:
 
             def run_shard(index: int, shard: list[Candidate]):
                 log_path = log_dir / f"shard-{index:05d}.parquet"
@@ -241,7 +263,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
                     "candidates": shard,
                     "log_path": log_path,
                 }
-                return submit(parameters)
+                return runner.submit(parameters)
 
             outcome = score_pool(
                 batches,
@@ -251,6 +273,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
                 run_shard,
                 forecast=forecast,
                 on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
+                in_flight=runner.in_flight,
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     scores_path = run_dir / "scores.parquet"
