@@ -34,14 +34,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.scoring import score_stage
+from flows.scoring import pool_profile_stage, score_stage
 from flows.stages import (
     calibrate_and_compare,
     evaluate_fp16,
     export_fp16_ir,
     flow_run_tags,
     load_split,
-    pool_profiles,
     prepare_benchmark,
     select,
 )
@@ -204,7 +203,7 @@ def ablation(
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
         fp16.matches.save(run_dir / "fp16_matches.npz")
         needs_profiles = any(section.strategy == "coverage" for section in selections.values())
-        profiles = pool_profiles(config.pool, fp_ir) if needs_profiles else None
+        profiles = pool_profile_stage(config, env, fp_ir) if needs_profiles else None
 
         # Every seed's selection first (seconds, next to a PTQ per cell): seeds that select the
         # same images would only repeat one cell.

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.scoring import ScoredPool, log_pool_dataset, score_stage
+from flows.scoring import ScoredPool, log_pool_dataset, pool_profile_stage, score_stage
 from flows.stages import (
     CalibrationOutcome,
     calibrate_and_compare,
@@ -27,7 +27,6 @@ from flows.stages import (
     export_fp16_ir,
     flow_run_tags,
     load_split,
-    pool_profiles,
     prepare_benchmark,
     select,
 )
@@ -263,7 +262,7 @@ def release_cycle(
         scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
         log_pool_dataset(run, config, scored)
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
-        profiles = pool_profiles(config.pool, fp_ir) if config.selection.strategy == "coverage" else None
+        profiles = pool_profile_stage(config, env, fp_ir) if config.selection.strategy == "coverage" else None
         selection = select(scored.outcome.scores, config.selection, profiles)
         calibration = calibrate_and_compare(
             config.pool,

@@ -8,7 +8,7 @@ module hands it `score_shard.submit` as the way to run a shard, and a progress a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,15 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.stages import flow_run_tags, prepare_benchmark
+from flows.stages import flow_run_tags, pool_profiles, prepare_benchmark, profile_shard
 from tasks import tracking
 from tasks.config import Override, RuntimeEnv, ScoringSetup, TailcalConfig, load_for
 from tasks.services import RedisService, gateway_endpoint, offline_environment, redis_service
 
 if TYPE_CHECKING:  # importing scoring loads litellm (~6 s); `prefect deploy` imports this module
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.calibration.profiles import ActivationProfiles
     from tasks.ingest import Candidate
     from tasks.scoring.job import ScoringOutcome
     from tasks.scoring.passes import ScoringSession
@@ -92,51 +95,76 @@ def scoring_services(config: TailcalConfig, env: RuntimeEnv) -> Iterator[Scoring
 
 
 @contextmanager
-def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[Callable]:
-    """`submit(parameters) → future` for `score-shard`: on the flow's own thread pool, or with
-    `scoring.runner: dask` on prefect-dask's DaskTaskRunner — the scheduler at
-    TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes started here
-    and stopped when scoring ends.
+def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> Iterator[ShardSubmitter]:
+    """`submit(parameters) → future` for `score-shard` and how many shards to keep in flight: on
+    the flow's own thread pool, or with `scoring.runner: dask` on prefect-dask's DaskTaskRunner
+    (`dask_runner`).
 
     Each worker process opens its own scoring session (event loop, `gateway.concurrency`
     calls in flight); the score cache, the budget ledger and the rpm limit live in Redis, so
     they bind across every process. A remote scheduler's workers cannot reach this
     machine's embedded Valkey or loopback reference scorer: that is refused (ConfigError)."""
+    from tasks.scoring.job import SHARDS_IN_FLIGHT
+
     if config.scoring.runner == "threads":
-        yield lambda parameters: score_shard.submit(**parameters)
+        yield ShardSubmitter(lambda parameters: score_shard.submit(**parameters), SHARDS_IN_FLIGHT)
         return
+    local = {"Redis": services.redis.embedded, "gateway": config.gateway.url == "embedded"}
+    with dask_runner(config, env, [name for name, here in local.items() if here]) as runner:
+        yield ShardSubmitter(lambda parameters: runner.submit(score_shard, parameters), dask_in_flight(runner))
+
+
+@dataclass(frozen=True)
+class ShardSubmitter:
+    """How a flow hands shards to its task runner, and how many it keeps in flight there."""
+
+    submit: Callable
+    in_flight: int
+
+
+def dask_in_flight(runner: DaskTaskRunner) -> int:
+    """Shards in flight on a Dask cluster: two per worker thread it has now (one running, one
+    waiting), and never fewer than the thread pool's `SHARDS_IN_FLIGHT`."""
+    from tasks.scoring.job import SHARDS_IN_FLIGHT
+
+    return max(SHARDS_IN_FLIGHT, 2 * sum(runner.client.nthreads().values()))
+
+
+@contextmanager
+def dask_runner(config: TailcalConfig, env: RuntimeEnv, embedded: Sequence[str] = ()) -> Iterator[DaskTaskRunner]:
+    """prefect-dask's DaskTaskRunner for `scoring.runner: dask`, started and stopped here: the
+    scheduler at TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes.
+
+    `embedded` names services of this process the tasks need ("Redis", "gateway"); a remote
+    scheduler's workers could not reach them, so that combination is refused (ConfigError)."""
     from prefect_dask import DaskTaskRunner
 
     from tasks.errors import ConfigError
 
     address = env.tailcal_dask_address
     if address:
-        loopback = [
-            name
-            for name, local in (("Redis", services.redis.embedded), ("gateway", config.gateway.url == "embedded"))
-            if local
-        ]
-        if loopback:
+        if embedded:
             raise ConfigError(
                 f"scoring.runner: dask with TAILCAL_DASK_ADDRESS={address} needs services its workers can reach, "
-                f"but the {' and '.join(loopback)} here {'are' if len(loopback) > 1 else 'is'} embedded in this "
+                f"but the {' and '.join(embedded)} here {'are' if len(embedded) > 1 else 'is'} embedded in this "
                 "process: set REDIS_URL and gateway.url to shared servers, or unset TAILCAL_DASK_ADDRESS for a "
                 "local cluster"
             )
         runner = DaskTaskRunner(address=address)
     else:
         workers = config.scoring.dask_workers
-        # One thread per worker: a shard is already concurrent inside (its own event loop).
-        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+        # Two shards at a time per process, as the flow's own thread pool runs them: one shard's
+        # hashing and tail overlap another's calls; `gateway.concurrency` still bounds the process
+        # (its shards share one event loop). One at a time: 0.819 of the bound vs 0.832 (bench/scoring.py (a)).
+        cluster = {"n_workers": workers, "threads_per_worker": 2, "processes": True, "dashboard_address": ":0"}
         runner = DaskTaskRunner(cluster_kwargs=cluster | {"env": _worker_environment()})
-    get_run_logger().info(
-        "scoring shards on Dask: %s", address or f"a local cluster of {config.scoring.dask_workers} processes"
-    )
+    where = address or f"a local cluster of {config.scoring.dask_workers} processes"
+    get_run_logger().info("shards on Dask: %s", where)
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines would drown the run's own
     with runner:
-        yield lambda parameters: runner.submit(score_shard, parameters)
+        yield runner
 
 
 def _worker_environment() -> dict[str, str]:
@@ -153,6 +181,32 @@ def _worker_environment() -> dict[str, str]:
         url = SubprocessASGIServer().api_url  # the ephemeral server of this process, already running
     # Nanny adds these to the environment its worker inherits from this process.
     return offline_environment({}, PREFECT_API_URL=str(url), PREFECT_HOME=str(settings.home))
+
+
+def pool_profile_stage(config: TailcalConfig, env: RuntimeEnv, fp_ir: Path) -> ActivationProfiles:
+    """The pool's activation profiles for the `coverage` strategy (in a flow's body): one task
+    here, or with `scoring.runner: dask` shards of `scoring.shard_size` candidates on the Dask
+    runner scoring uses, as many in flight as scoring keeps there, merged in pool order. Each image is
+    profiled alone, so both give the same profiles. Workers of a remote scheduler must read
+    `fp_ir` at the same path (under `data.data_dir`, which their score logs already share)."""
+    if config.scoring.runner == "threads":
+        return pool_profiles(config.pool, fp_ir)
+    from collections import deque
+
+    from tasks.calibration.profiles import merge_profiles
+    from tasks.ingest import IngestReport, iter_candidate_batches
+    from tasks.scoring.job import shards
+
+    parts: list[ActivationProfiles] = []
+    pending: deque = deque()
+    with dask_runner(config, env) as runner:
+        in_flight = dask_in_flight(runner)
+        for shard in shards(iter_candidate_batches(config.pool, env, IngestReport()), config.scoring.shard_size):
+            pending.append(runner.submit(profile_shard, {"fp_ir": fp_ir, "candidates": shard}))
+            while len(pending) >= in_flight:
+                parts.append(pending.popleft().result())
+        parts.extend(future.result() for future in pending)
+    return merge_profiles(parts)
 
 
 @dataclass(frozen=True)
@@ -197,7 +251,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
             logger.info(predicted.describe())
             return predicted
 
-        with shard_runner(config, env, services) as submit:
+        with shard_runner(config, env, services) as runner:
 
             def run_shard(index: int, shard: list[Candidate]):
                 log_path = log_dir / f"shard-{index:05d}.parquet"
@@ -209,7 +263,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
                     "candidates": shard,
                     "log_path": log_path,
                 }
-                return submit(parameters)
+                return runner.submit(parameters)
 
             outcome = score_pool(
                 batches,
@@ -219,6 +273,7 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
                 run_shard,
                 forecast=forecast,
                 on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
+                in_flight=runner.in_flight,
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     scores_path = run_dir / "scores.parquet"

@@ -94,6 +94,15 @@ def pool_profiles(pool: PoolConfig, fp_ir: Path) -> ActivationProfiles:
     return profile_pool(fp_ir, iter_candidate_batches(pool, RuntimeEnv(), IngestReport()))
 
 
+@task(name="profile-shard", cache_policy=NONE)
+def profile_shard(fp_ir: Path, candidates: list) -> ActivationProfiles:
+    """Activation profiles of one shard of the pool (candidates in pool order), on any process
+    that can read `fp_ir`."""
+    from tasks.calibration.profiles import profile_pool
+
+    return profile_pool(fp_ir, [candidates])
+
+
 @task(name="select-calibration-set", cache_policy=NONE)
 def select(scores: pa.Table, selection: SelectionConfig, profiles: ActivationProfiles | None) -> SelectionOutcome:
     from tasks.selection import SelectionInput, describe_selection, select_calibration_set

@@ -202,7 +202,9 @@ class ScoringConfig(_Strict):
         description="Where shards run: threads of the flow's process, or Dask worker processes (the scheduler at "
         "TAILCAL_DASK_ADDRESS, else a local cluster of `dask_workers` processes).",
     )
-    dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local Dask cluster.")
+    dask_workers: int = Field(
+        2, ge=1, le=256, description="Worker processes of the local Dask cluster (two shards at a time each)."
+    )
     max_failed_fraction: float = Field(
         0.05,
         ge=0.0,

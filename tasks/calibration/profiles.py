@@ -149,3 +149,21 @@ def profile_pool(ir_path: str | Path, batches: Iterable[Sequence[ImageCandidate]
     profiles = activation_profiles(ir_path, inputs())
     # ids fill in while the generator is consumed, so they are attached afterwards.
     return ActivationProfiles(profiles.layer_names, profiles.values, tuple(ids))
+
+
+def merge_profiles(parts: Sequence[ActivationProfiles]) -> ActivationProfiles:
+    """Profiles of consecutive shards of a pool (`profile_pool` on each), as one, in the order given.
+
+    Every image is profiled alone, so a pool profiled in shards (on several processes) equals
+    the pool profiled at once. Raises ActivationProfileError when there are no parts, or when
+    their layers or ids differ in kind (profiles of different IRs, or some without ids).
+    """
+    if not parts:
+        raise ActivationProfileError("no profiles to merge: profile at least one shard of the pool")
+    layers = parts[0].layer_names
+    if any(part.layer_names != layers for part in parts):
+        raise ActivationProfileError("profiles of different layers cannot be merged: profile every shard with one IR")
+    if len({part.ids is None for part in parts}) > 1:
+        raise ActivationProfileError("some profiles have ids and some not: profile every shard with profile_pool")
+    ids = None if parts[0].ids is None else tuple(i for part in parts for i in part.ids)
+    return ActivationProfiles(layers, np.concatenate([part.values for part in parts]), ids)

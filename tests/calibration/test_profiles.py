@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.calibration.profiles import ActivationProfileError, activation_profiles
+from tasks.calibration.profiles import ActivationProfileError, activation_profiles, merge_profiles
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +83,19 @@ def test_mismatched_ids_fail_clearly(tiny_ir):
         activation_profiles(path, [x], ids=["a"])
     with pytest.raises(ActivationProfileError, match="no images"):
         activation_profiles(path, [])
+
+
+def test_shards_merge_into_the_whole_pools_profiles(tiny_ir):
+    path, _ = tiny_ir
+    rng = np.random.default_rng(2)
+    images = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(5)]
+    ids = [f"c{i}" for i in range(5)]
+    whole = activation_profiles(path, images, ids=ids)
+    parts = [activation_profiles(path, images[a:b], ids=ids[a:b]) for a, b in ((0, 2), (2, 3), (3, 5))]
+    merged = merge_profiles(parts)
+    assert merged.ids == whole.ids and merged.layer_names == whole.layer_names, "ids and layers in pool order"
+    assert np.array_equal(merged.values, whole.values), "shard by shard equals all at once"
+    with pytest.raises(ActivationProfileError, match="one IR"):
+        merge_profiles([whole, activation_profiles(path, images, max_layers=1, ids=ids)])
+    with pytest.raises(ActivationProfileError, match="at least one shard"):
+        merge_profiles([])

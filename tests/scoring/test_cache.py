@@ -6,7 +6,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tasks.errors import PromptTemplateError
-from tasks.scoring.cache import ScoreCache, max_distance_for, phash64
+from tasks.scoring.cache import LOOKUP_BATCH, ScoreCache, max_distance_for, phash64
 from tasks.scoring.prompts import PromptTemplate, lock_template
 
 pytestmark = pytest.mark.integration
@@ -76,3 +76,44 @@ def test_editing_a_used_template_in_place_is_refused(redis_client):
     with pytest.raises(PromptTemplateError, match="difficulty-v2"):
         lock_template(redis_client, edited, "tailcal:cache")
     lock_template(redis_client, PromptTemplate("difficulty", 2, "sys", "user, reworded", {}), "tailcal:cache")
+
+
+def test_the_nearer_of_two_entries_wins_in_one_batch(redis_client):
+    cache = ScoreCache(redis_client, "t:m:p0", max_distance=5, ttl_s=600)
+    query = 0x0F0F_0F0F_0F0F_0F0F
+    cache.store(query ^ 0b1111, 0.9, ("far",), "m")  # 4 bits away
+    cache.store(query ^ (1 << 40), 0.1, ("near",), "m")  # 1 bit away
+    cache.store(query ^ 0b11_1111, 0.5, (), "m")  # 6 bits away: beyond the distance
+    found = cache.lookup_many([query, query ^ (1 << 40), query ^ 0b11_1111, ~query & (2**64 - 1)])
+    assert found[0] is not None and found[0].factors == ("near",), "the nearer entry wins over a farther one"
+    assert found[0].distance == 1, f"the distance comes back: {found[0]}"
+    assert found[1] is not None and found[1].distance == 0, "an exact match is distance 0"
+    assert found[2] is not None and found[2].distance == 0, "a stored hash beyond one neighbour's reach still hits"
+    assert found[3] is None, "a hash far from every entry misses"
+
+
+def test_max_distance_hits_and_one_bit_more_misses(redis_client):
+    cache = ScoreCache(redis_client, "t:m:p0", max_distance=5, ttl_s=600)
+    cache.store(0, 0.3, (), "m")
+    at_limit, beyond = cache.lookup_many([0b1_1111 << 30, 0b11_1111 << 30])
+    assert at_limit is not None and at_limit.distance == 5, "a hash max_distance bits away hits"
+    assert beyond is None, "a hash max_distance + 1 bits away misses"
+
+
+def test_a_batch_larger_than_one_script_call_keeps_its_order(redis_client):
+    cache = ScoreCache(redis_client, "t:m:p0", max_distance=5, ttl_s=600)
+    rng = random.Random(9)
+    stored = [rng.getrandbits(64) for _ in range(LOOKUP_BATCH + 10)]
+    for n, value in enumerate(stored):
+        cache.store(value, n / 1000, (), "m")
+    queries = [value if n % 3 else rng.getrandbits(64) for n, value in enumerate(stored)]
+    found = cache.lookup_many(queries)
+    expected = [n / 1000 if n % 3 else None for n in range(len(stored))]
+    assert [hit.difficulty if hit else None for hit in found] == expected, "hits and misses stay in query order"
+
+
+def test_an_entry_gone_before_its_bands_is_a_miss(redis_client):
+    cache = ScoreCache(redis_client, "t:m:p0", max_distance=5, ttl_s=600)
+    cache.store(42, 0.5, (), "m")
+    redis_client.delete(f"{cache.namespace_prefix}:e:{42:016x}")
+    assert cache.lookup(42) is None, "a band member without its entry is not a hit"
