@@ -176,7 +176,7 @@ def test_config_params_flattens_the_config_without_secrets(monkeypatch):
     assert params["selection.k"] == "256", f"selection.k from demo.yaml: {params.get('selection.k')}"
     assert params["data.synthetic.pool_size"] == "2000", f"nested sections joined by dots: {sorted(params)[:5]}"
     assert params["tracking.experiment"] == "tailcal-demo", f"tracking section: {params.get('tracking.experiment')}"
-    assert params["quantization.range_estimator"] == "MEAN_MINMAX", f"enum as its value: {params}"
+    assert params["quantization.range_estimator"] == "MINMAX", f"enum as its value: {params}"
     assert all(isinstance(v, str) for v in params.values()), "MLflow params are strings"
     assert not any(isinstance(v, dict) for v in params.values()), "sections are flattened, not stringified dicts"
     assert {key.split(".")[0] for key in params} >= {"data", "pool", "gateway", "budget", "scoring", "selection"}, (
