@@ -129,7 +129,10 @@ def load_engines(config: ServingConfig) -> dict[str, OpenVinoEngine]:
         logger.info("tier %s: %s (%d px)", tier, path, engines[tier].input_size)
     if missing := [tier for tier in IR_STEMS if tier not in paths]:
         logger.warning(
-            "no %s tier: requests routed there go to the nearest loaded tier (%s)", "/".join(missing), ", ".join(paths)
+            "no %s tier: requests routed there go to the next more precise loaded tier, else the most precise "
+            "(loaded: %s)",
+            "/".join(missing),
+            ", ".join(paths),
         )
     return engines
 
