@@ -131,13 +131,18 @@ class BaselineComparison:
         return cls(strategy, k, fp16, chosen, baseline, difference)
 
     @property
+    def versus_fp16(self) -> Comparison:
+        """The baseline's INT8 model against FP16, with Comparison's gaps."""
+        return Comparison(self.fp16, self.baseline)
+
+    @property
     def gap(self) -> float:
         """The baseline's gap, FP16 − its INT8 mAP (positive: INT8 worse)."""
-        return self.fp16.map - self.baseline.map
+        return self.versus_fp16.gap
 
     @property
     def chosen_gap(self) -> float:
-        return self.fp16.map - self.chosen.map
+        return Comparison(self.fp16, self.chosen).gap
 
     def metrics(self) -> dict[str, float]:
         """`baseline.<strategy>.*` for MLflow: its INT8 mAP, gap (overall, @.5, per condition) and the
@@ -147,10 +152,10 @@ class BaselineComparison:
             f"{prefix}.k": float(self.k),
             f"{prefix}.int8.map": self.baseline.map,
             f"{prefix}.gap.map": self.gap,
-            f"{prefix}.gap.map50": self.fp16.map50 - self.baseline.map50,
+            f"{prefix}.gap.map50": self.versus_fp16.gap50,
             f"{prefix}.gap_difference": self.chosen_gap - self.gap,
         }
-        for condition, gap in _gaps(self.fp16.per_condition, self.baseline.per_condition).items():
+        for condition, gap in self.versus_fp16.per_condition_gap.items():
             values[f"{prefix}.gap.map.{condition}"] = gap
         if self.difference is not None:
             values |= self.difference.metrics(f"{prefix}.gap_difference")
