@@ -3,6 +3,7 @@
     .venv/bin/python bench/claim.py                       # both benchmarks, the whole grid
     .venv/bin/python bench/claim.py --only realistic --seeds 0 --ks 64
     .venv/bin/python bench/claim.py --only realistic --bias-corrections fast none   # NNCF's bias correction on/off
+    .venv/bin/python bench/claim.py --no-gap-decomposition    # one evaluation less per cell, no activation part
 
 Runs the ablation (`tailcal ablate`) on two benchmarks:
 - realistic (configs/claim.yaml): the pool in capture order with conditions in runs (night
@@ -74,6 +75,11 @@ def main() -> None:
         choices=["fast", "none"],
         help="NNCF bias correction after PTQ (default: the config's quantization.bias_correction)",
     )
+    parser.add_argument(
+        "--gap-decomposition",
+        action=argparse.BooleanOptionalAction,
+        help="evaluate each cell's weights-only model for the activation part (default: the config's)",
+    )
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--ks", nargs="+", default=["16", "64", "300"])
     args = parser.parse_args()
@@ -87,6 +93,8 @@ def main() -> None:
         started = time.perf_counter()
         argv = ["ablate", "--config", config_path, "--strategies", *args.strategies, "--estimators", *args.estimators]
         argv += ["--bias-corrections", *args.bias_corrections] if args.bias_corrections else []
+        if args.gap_decomposition is not None:
+            argv += [f"--gap-decomposition={str(args.gap_decomposition).lower()}"]
         result = app([*argv, "--seeds", *args.seeds, "--ks", *args.ks], exit_on_error=True)
         minutes = (time.perf_counter() - started) / 60
         print(f"\n## {name} benchmark ({config_path}), {result.cells} cells in {minutes:.0f} min\n")

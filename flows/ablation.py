@@ -136,6 +136,7 @@ def ablation(
     ks: list[int] | None = None,
     subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     factor_rows: Annotated[list[GroupingStrategy] | None, Override("selection.ablation_factor_rows")] = None,
+    gap_decomposition: Annotated[bool | None, Override("evaluation.gap_decomposition")] = None,
     release_id: str | None = None,
 ) -> AblationResult:
     """Cross selection strategies, range estimators, bias corrections, seeds and K on one scored pool.
@@ -156,6 +157,8 @@ def ablation(
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         factor_rows: Strategies run once more grouped by the VLM's factor tags, the condition column ignored
             (selection.ablation_factor_rows).
+        gap_decomposition: Also evaluate each cell's weights-only INT8 model, for the activation part of its gap
+            (evaluation.gap_decomposition); off, a cell costs one evaluation less.
         release_id: Release identifier for the MLflow run name and tags.
     """
     import pyarrow.parquet as pq

@@ -62,8 +62,10 @@ def score_shard(
 ) -> ShardResult:
     """One shard, all passes. Secrets are read here from the environment, never passed in."""
     from tasks.scoring.gateway import gateway_key
+    from tasks.scoring.metrics import serve_metrics
     from tasks.scoring.shards import score_logged_shard
 
+    serve_metrics(setup.scoring)  # on a Dask worker, its own /metrics; in the flow's process, already served
     redis_url = embedded_redis_url or RuntimeEnv().redis_url.get_secret_value()
     return score_logged_shard(setup, redis_url, api_base, gateway_key(setup.gateway), template, candidates, log_path)
 
@@ -231,11 +233,11 @@ def score_stage(config: TailcalConfig, env: RuntimeEnv, run_dir: Path, largest_k
     from tasks.selection import check_k_fits
 
     logger = get_run_logger()
-    if config.scoring.metrics_port:
-        from tasks.scoring.metrics import ScoringMetrics
+    from tasks.scoring.metrics import serve_metrics
 
-        ScoringMetrics.shared().serve(config.scoring.metrics_port)
-        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", config.scoring.metrics_port)
+    metrics_port = serve_metrics(config.scoring)
+    if metrics_port is not None:
+        logger.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
     report = IngestReport()
     batches = iter_candidate_batches(config.pool, env, report)
     if largest_k is not None:

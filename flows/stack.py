@@ -9,7 +9,8 @@
 - the LiteLLM proxy (its own `.venv-gateway`) with a master key, in front of the reference scorer,
   on the port of the config's `gateway.url`;
 - a Prometheus server (Debian's `prometheus`, installed with apt-get when missing) scraping the
-  scoring metrics the flow run serves on `scoring.metrics_port`;
+  scoring metrics every scoring process serves on a port of `scoring.metrics_port` …
+  `+ scoring.metrics_ports − 1` (each flow run, each Dask worker: runs side by side each get one);
 - a Prefect server with two process workers on the `tailcal-process` work pool and prefect.yaml's
   deployments.
 
@@ -321,14 +322,16 @@ class Stack(StartedOnEnter):
         store = ["--backend-store-uri", backend, "--artifacts-destination", artifacts]
         address = ["--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"]
         mlflow = self._spawn("MLflow server", [python, "-m", "mlflow", "server", *store, *address], s3_env)
-        metrics_target = f"127.0.0.1:{self.config.scoring.metrics_port}"
+        first, count = self.config.scoring.metrics_port, self.config.scoring.metrics_ports
+        metrics_targets = [f"127.0.0.1:{port}" for port in range(first, first + count)]
+        metrics_target = metrics_targets[0] if count == 1 else f"127.0.0.1:{first}-{first + count - 1}"
         prometheus_config = self.home / "prometheus.yml"
         prometheus_config.write_text(
             yaml.safe_dump(
                 {
                     "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": "5s"},
                     "scrape_configs": [
-                        {"job_name": "tailcal-scoring", "static_configs": [{"targets": [metrics_target]}]}
+                        {"job_name": "tailcal-scoring", "static_configs": [{"targets": metrics_targets}]}
                     ],
                 }
             )

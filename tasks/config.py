@@ -197,6 +197,14 @@ class ScoringConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     shard_size: int = Field(512, ge=16, le=4096)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on 127.0.0.1.")
+    metrics_ports: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Consecutive ports from metrics_port that scoring processes may take: each process that scores "
+        "(the flow run, every Dask worker, runs side by side on one machine) serves its own /metrics on the first "
+        "free one. Prometheus scrapes the whole range.",
+    )
     runner: Literal["threads", "dask"] = Field(
         "threads",
         description="Where shards run: threads of the flow's process, or Dask worker processes (the scheduler at "

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tasks.errors import ServiceError
 from tasks.scoring.offline_litellm import CustomLogger
 
+if TYPE_CHECKING:
+    from tasks.config import ScoringConfig
+
 _SHARED: ScoringMetrics | None = None
+_SERVED_PORT: int | None = None  # where this process serves /metrics, once it does
 _SHARED_LOCK = threading.Lock()
 
 
@@ -73,17 +78,42 @@ class ScoringMetrics:
                 _SHARED = cls.create(REGISTRY)
             return _SHARED
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on 127.0.0.1:`port` for the duration of the process.
+    def serve(self, first_port: int, ports: int = 1) -> int:
+        """Expose /metrics on 127.0.0.1 for the duration of the process, on the first free port of
+        `first_port` … `first_port + ports − 1`; returns the port.
 
-        Raises ServiceError when the port cannot be bound.
+        Several processes score at once (a flow run and its Dask workers, two flow runs on one
+        machine), each with its own counters: each takes a port of the range, and Prometheus
+        scrapes the range (its queries sum over instances). A process serves once: later calls
+        return the port it already has.
+
+        Raises ServiceError when every port of the range is taken.
         """
-        try:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
-        except OSError as exc:
-            raise ServiceError(
-                f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror}): set scoring.metrics_port to a free port"
-            ) from None
+        global _SERVED_PORT
+        with _SHARED_LOCK:
+            if _SERVED_PORT is not None:
+                return _SERVED_PORT
+            last, reason = first_port + ports - 1, ""
+            for port in range(first_port, last + 1):
+                try:
+                    start_http_server(port, addr="127.0.0.1", registry=self.registry)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    continue
+                _SERVED_PORT = port
+                return port
+        where = f"127.0.0.1:{first_port}" if ports == 1 else f"any of 127.0.0.1:{first_port}-{last}"
+        raise ServiceError(
+            f"cannot serve metrics on {where} ({reason}): set scoring.metrics_port to a free port, or raise "
+            f"scoring.metrics_ports (now {ports}) so each scoring process on this machine gets one"
+        )
+
+
+def serve_metrics(scoring: ScoringConfig) -> int | None:
+    """Serve this process's scoring metrics when `scoring.metrics_port` is set; the port, or None."""
+    if not scoring.metrics_port:
+        return None
+    return ScoringMetrics.shared().serve(scoring.metrics_port, scoring.metrics_ports)
 
 
 class AttemptLogger(CustomLogger):

@@ -74,3 +74,15 @@ def test_a_row_whose_seeds_select_the_same_images_runs_once_as_deterministic():
     # and the same ids in another order are another calibration feed: not collapsed
     reordered = distinct_cells({(64, "coverage", 0): ("a", "b"), (64, "coverage", 1): ("b", "a")})
     assert reordered == {(64, "coverage", 0): False, (64, "coverage", 1): False}, f"order kept apart: {reordered}"
+
+
+def test_the_ablation_can_leave_out_the_gap_decomposition():
+    # given the claim benchmark's config, which decomposes each cell's gap by default
+    from flows.ablation import ablation
+    from tasks.config import load_for
+
+    path = str(ROOT / "configs" / "claim.yaml")
+    assert load_for(ablation.fn, {"config_path": path}).evaluation.gap_decomposition
+    # when the command line turns it off, then the cells skip the weights-only evaluation
+    config = load_for(ablation.fn, {"config_path": path, "gap_decomposition": False})
+    assert config.evaluation.gap_decomposition is False, "--gap-decomposition=false reaches the config"

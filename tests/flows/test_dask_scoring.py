@@ -2,9 +2,10 @@
 worker processes) and one more scoring process share one virtual key's budget cap, one rpm limit
 and one score cache in Redis.
 
-Spend stays within the cap, no 60-second window holds more sends than the rpm limit (and no
-10-second window more than its share), every candidate comes back scored, failed or unscored
-with a reason, and no image is paid for twice.
+Each worker serves its own /metrics on a port of the range, spend stays within the cap, no
+60-second window holds more sends than the rpm limit (and no 10-second window more than its
+share), every candidate comes back scored, failed or unscored with a reason, and no image is
+paid for twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from flows.cli import main
 from tasks.config import SyntheticConfig
-from tasks.loopback import LoopbackServer
+from tasks.loopback import LoopbackServer, free_port
 from tasks.scoring.budget import NANO, to_nano
 from tasks.synth.write import write_pool
 from tasks.testing.reference_scorer import ScorerSettings, create_app
@@ -56,6 +57,30 @@ def _busiest(arrivals: list[float], window_s: float) -> int:
     return most
 
 
+class _MetricsPoller(threading.Thread):
+    """Scrapes `ports` every half second, keeping the highest request count each port showed."""
+
+    def __init__(self, ports: range) -> None:
+        super().__init__(daemon=True)
+        self.ports, self.requests, self.done = ports, dict.fromkeys(ports, 0.0), threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+
+        while not self.done.wait(0.5):
+            for port in self.ports:
+                try:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                except OSError:
+                    continue
+                count = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in body.splitlines()
+                    if line.startswith("tailcal_scoring_requests_total{")
+                )
+                self.requests[port] = max(self.requests[port], count)
+
+
 def test_dask_workers_and_another_process_share_the_cap_and_the_rpm_limit(
     redis_url, redis_client, distinct_pool, tmp_path, monkeypatch
 ):
@@ -70,11 +95,14 @@ def test_dask_workers_and_another_process_share_the_cap_and_the_rpm_limit(
         "budget": {"cap_eur": CAP_EUR, "on_exhausted": "cached_only"},
         "scoring": {"passes": 1},
     }
+    first_port = free_port()
+    metrics = {"metrics_port": first_port, "metrics_ports": 4}  # the flow run and its two workers
+    poller = _MetricsPoller(range(first_port, first_port + 4))
     flow_config = write_config(
         tmp_path / "flow.yaml",
         data={"data_dir": str(tmp_path / "data")},
         pool={"uri": str(flow_pool)},
-        **{**shared, "scoring": {"passes": 1, "runner": "dask", "dask_workers": 2, "shard_size": 16}},
+        **{**shared, "scoring": {"passes": 1, "runner": "dask", "dask_workers": 2, "shard_size": 16} | metrics},
         tracking={"experiment": "dask-race"},
     )
     worker_config = write_config(tmp_path / "worker.yaml", **shared)
@@ -86,6 +114,7 @@ def test_dask_workers_and_another_process_share_the_cap_and_the_rpm_limit(
     outcome: dict = {}
     flow = threading.Thread(target=lambda: outcome.update(code=main(["score", "--config", str(flow_config)])))
     flow.start()
+    poller.start()
     try:
         assert wait_until(lambda: stats["requests"] > 0, timeout_s=240), "the flow never called the gateway"
         other = subprocess.Popen(
@@ -99,6 +128,7 @@ def test_dask_workers_and_another_process_share_the_cap_and_the_rpm_limit(
         flow.join(timeout=300)
     finally:
         server.stop()
+        poller.done.set()
     assert other.returncode == 0, f"the other process failed: {err.decode()[-2000:]}"
     assert outcome.get("code") == 0, f"tailcal score exited {outcome.get('code')}"
 
@@ -123,6 +153,11 @@ def test_dask_workers_and_another_process_share_the_cap_and_the_rpm_limit(
     assert spent <= to_nano(CAP_EUR), f"spend €{spent / NANO} exceeded the cap €{CAP_EUR}"
     assert statuses["unscored"] > 0 or any(r["status"] == "unscored" for r in scores), "the cap binds"
     assert len(answered) == len(set(answered)) == calls, "no image was paid for twice, each booked once"
+
+    # and each worker process served its own counts for Prometheus
+    serving = {port: count for port, count in poller.requests.items() if count > 0}
+    print(f"metrics: requests counted per port {poller.requests}")
+    assert len(serving) >= 2, f"two Dask workers should each serve their counts on a port of the range: {serving}"
 
     # and the rpm limit held across the three processes
     assert busiest_minute <= RPM, f"{busiest_minute} sends in one minute at rpm {RPM}"
