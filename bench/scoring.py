@@ -4,6 +4,7 @@ proxy in the path adds.
 
     .venv/bin/python bench/scoring.py                # ≥ 5,000 candidates at 200 ms latency
     .venv/bin/python bench/scoring.py --n 1000       # quicker look
+    .venv/bin/python bench/scoring.py --client-only  # (e) alone
 
 Each (a) and (b) row runs in worker processes started for it (1 or 2), each scoring an equal,
 disjoint share of the candidates with `score_shard`, shards of 512 two at a time as in the
@@ -39,6 +40,8 @@ time too (threads_per_worker=2); the "1 shard at a time" rows measure what one w
     reference scorer and through the LiteLLM proxy in front of it (its own environment,
     .venv-gateway, built when missing); per-call latency as the client sees it, and what the
     proxy adds. Both share the machine's cores with the client, as a proxy beside it would.
+(e) the client's own cost: the (a) calls at concurrency 8 in one process, as a bare HTTP POST and
+    through tailcal's GatewayClient (litellm's Router), each as a share of the bound.
 """
 
 from __future__ import annotations
@@ -353,12 +356,68 @@ def gateway_in_the_path(work: Path, rows: list[Row], api_base: str, latency: flo
             )
 
 
+def client_cost(rows: list[Row], api_base: str, latency: float, concurrency: int = 8) -> None:
+    """(e): what the client itself costs per call. The same calls at the same concurrency, one
+    process, no cache or ledger: a bare HTTP POST (httpx, the floor any client pays) and
+    tailcal's GatewayClient (litellm's Router: retries, fallbacks, cost). Their ratios to the
+    concurrency bound show how much of (a)'s shortfall is the litellm client."""
+    import asyncio
+    import statistics
+
+    import httpx
+
+    from tasks.scoring.gateway import GatewayClient, prepare_image
+
+    config = setup(concurrency, None, 1)
+    prompt = template()
+    images = [prepare_image(r.image, config.gateway.max_image_side) for r in rows]
+    bound = concurrency / latency
+
+    async def bare(client: httpx.AsyncClient, image) -> None:
+        content = [{"type": "text", "text": prompt.user}, {"type": "image_url", "image_url": {"url": image.data_uri}}]
+        body = {"model": "reference-vlm", "messages": [{"role": "user", "content": content}], "seed": 0}
+        response = await client.post(f"{api_base}/chat/completions", json=body, headers={"Authorization": "Bearer b"})
+        response.raise_for_status()
+        response.json()
+
+    async def run(name: str) -> None:
+        slots, latencies = asyncio.Semaphore(concurrency), []
+        async with httpx.AsyncClient(timeout=60) as http:
+            gateway = GatewayClient(config.gateway, api_base, "bench", prompt)
+            model = config.gateway.models[0].name
+
+            async def one(image) -> None:
+                async with slots:
+                    start = time.perf_counter()
+                    if name == "bare HTTP":
+                        await bare(http, image)
+                    else:
+                        await gateway.score(image, model, 0, 0.7)
+                    latencies.append(time.perf_counter() - start)
+
+            await asyncio.gather(*(one(image) for image in images[:16]))  # connections, imports
+            latencies.clear()
+            cpu, start = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(one(image) for image in images))
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rate = len(images) / wall
+        print(
+            f"  {name:>22}: {rate:.1f}/s = {rate / bound:.3f} of the bound {bound:.0f}/s; latency p50"
+            f" {statistics.median(latencies) * 1000:.1f} ms; client CPU {cpu / len(images) * 1000:.1f} ms/call"
+        )
+
+    print(f"(e) the client's own cost, {len(images)} calls at concurrency {concurrency}, one process:")
+    for name in ("bare HTTP", "GatewayClient (litellm)"):
+        asyncio.run(run(name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="distinct candidates for (a) and (b)")
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--gateway-n", type=int, default=1000, help="distinct candidates for (d); 0 skips it")
     parser.add_argument("--gateway-only", action="store_true", help="run (d) alone")
+    parser.add_argument("--client-only", action="store_true", help="run (e) alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tailcal-bench-") as tmp:
         work = Path(tmp)
@@ -367,6 +426,9 @@ def main() -> None:
         distinct, bursty = load_rows(work / "distinct"), load_rows(work / "bursty")
         proc, api_base = start_scorer(args.latency)
         try:
+            if args.client_only:
+                client_cost(distinct[:800], api_base, args.latency)
+                return
             if args.gateway_only:
                 gateway_in_the_path(work, distinct[: args.gateway_n], api_base, args.latency)
                 return
@@ -408,6 +470,7 @@ def main() -> None:
                 f" (ideal {ideal:.3f}: frames that are not the first of their burst);"
                 f" {summary.calls} calls, €{summary.spend_eur:.4f}, Spearman(pass 0, pass 1) {summary.spearman:.3f}"
             )
+            client_cost(distinct[:800], api_base, args.latency)
             if args.gateway_n:
                 gateway_in_the_path(work, distinct[: args.gateway_n], api_base, args.latency)
         finally:
