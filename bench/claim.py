@@ -4,6 +4,7 @@
     .venv/bin/python bench/claim.py --only realistic --seeds 0 --ks 64
     .venv/bin/python bench/claim.py --only realistic --bias-corrections fast none   # NNCF's bias correction on/off
     .venv/bin/python bench/claim.py --no-gap-decomposition    # one evaluation less per cell, no activation part
+    .venv/bin/python bench/claim.py --only realistic --data-seeds 11 12 13   # three archives: how first_n varies
 
 Runs the ablation (`tailcal ablate`) on two benchmarks:
 - realistic (configs/claim.yaml): the pool in capture order with conditions in runs (night
@@ -82,13 +83,23 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--ks", nargs="+", default=["16", "64", "300"])
+    parser.add_argument(
+        "--data-seeds",
+        nargs="+",
+        type=int,
+        help="run each benchmark once per archive: the pool and eval split generated with each seed "
+        "(data.synthetic.seed; data in <data_dir>-seed<N>), then first_n's and each strategy's gap over archives",
+    )
     args = parser.parse_args()
 
     from flows.cli import app
     from tasks.config import load_config
 
-    for name in args.only or list(BENCHMARKS):
-        config_path = BENCHMARKS[name]
+    runs = [(name, BENCHMARKS[name], None) for name in args.only or list(BENCHMARKS)]
+    if args.data_seeds:
+        runs = [(name, archive_config(path, seed), seed) for name, path, _ in runs for seed in args.data_seeds]
+    by_archive: dict[str, list] = {}
+    for name, config_path, data_seed in runs:
         strategy = load_config(config_path).selection.strategy
         started = time.perf_counter()
         argv = ["ablate", "--config", config_path, "--strategies", *args.strategies, "--estimators", *args.estimators]
@@ -97,11 +108,58 @@ def main() -> None:
             argv += [f"--gap-decomposition={str(args.gap_decomposition).lower()}"]
         result = app([*argv, "--seeds", *args.seeds, "--ks", *args.ks], exit_on_error=True)
         minutes = (time.perf_counter() - started) / 60
-        print(f"\n## {name} benchmark ({config_path}), {result.cells} cells in {minutes:.0f} min\n")
+        archive = "" if data_seed is None else f", archive seed {data_seed}"
+        print(f"\n## {name} benchmark ({config_path}{archive}), {result.cells} cells in {minutes:.0f} min\n")
         print(result.table_markdown)
         print(f"goal for {strategy} (gap ≤ ½ first_n's, interval excluding 0, no worse than random):")
         print("\n".join(verdicts(result.rows, strategy)))
         print(f"table: {result.table_path}")
+        by_archive.setdefault(name, []).append(result.rows)
+    for name, archives in by_archive.items():
+        if len(archives) > 1:
+            print(f"\n## {name}: gap over {len(archives)} archives (mean ± std of each archive's mean over seeds)\n")
+            print(over_archives(archives))
+
+
+def archive_config(config_path: str, seed: int) -> str:
+    """A copy of `config_path` whose pool and eval split are generated with `seed`, in a data
+    directory of their own (scored once, reused on a rerun); its path."""
+    import tempfile
+
+    import yaml
+
+    tree = yaml.safe_load(Path(config_path).read_text())
+    tree["data"]["synthetic"]["seed"] = seed
+    tree["data"]["data_dir"] = f"{tree['data']['data_dir']}-seed{seed}"
+    tracking = tree.setdefault("tracking", {})
+    tracking["experiment"] = f"{tracking.get('experiment', 'tailcal')}-seed{seed}"
+    out = Path(tempfile.gettempdir()) / f"tailcal-{Path(config_path).stem}-seed{seed}.yaml"
+    out.write_text(yaml.safe_dump(tree))
+    return str(out)
+
+
+def over_archives(archives: list[list]) -> str:
+    """Markdown: per K, estimator and strategy, the gap's mean ± std over archives, and in how many
+    archives the strategy lost less than first_n with the interval of the difference excluding 0."""
+    import statistics
+
+    keys = sorted({(r.k, r.estimator, r.bias_correction, r.strategy) for rows in archives for r in rows})
+    lines = [
+        "| K | estimator | bias correction | strategy | archives | gap mean ± std | beat first_n (interval < 0) |",
+        "|---:|---|---|---|---:|---:|---:|",
+    ]
+    for key in keys:
+        k, estimator, bias, strategy = key
+        rows = [r for rows in archives for r in rows if (r.k, r.estimator, r.bias_correction, r.strategy) == key]
+        gaps = [r.gap_mean for r in rows]
+        spread = statistics.stdev(gaps) if len(gaps) > 1 else float("nan")
+        wins = sum(1 for r in rows if (v := r.versus.get("first_n")) is not None and v.high < 0)
+        beat = "(reference)" if strategy == "first_n" else f"{wins} of {len(rows)}"
+        lines.append(
+            f"| {k} | {estimator} | {bias} | {strategy} | {len(rows)} | {statistics.mean(gaps):+.4f} ± {spread:.4f} |"
+            f" {beat} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
