@@ -222,6 +222,15 @@ class ScoringConfig(_Strict):
         "what is left would quietly drop the images the gateway choked on. Budget-cut candidates do not count.",
     )
 
+    @model_validator(mode="after")
+    def _metrics_range_fits(self) -> ScoringConfig:
+        if self.metrics_port and self.metrics_port + self.metrics_ports - 1 > 65535:
+            raise ValueError(
+                f"scoring.metrics_port {self.metrics_port} with metrics_ports {self.metrics_ports} runs past port "
+                "65535: lower either"
+            )
+        return self
+
 
 class SelectionConfig(_Strict):
     """How the calibration set is chosen from the scored pool."""

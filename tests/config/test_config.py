@@ -120,6 +120,14 @@ def test_dotted_overrides_are_validated_like_the_file(tmp_path):
         load_config(write(tmp_path, MINIMAL), {"selection.k": 0})
 
 
+def test_a_metrics_port_range_past_65535_is_refused_naming_both_settings(tmp_path):
+    overrides = {"scoring.metrics_port": 65530, "scoring.metrics_ports": 8}
+    with pytest.raises(ConfigError, match=r"metrics_port 65530 with metrics_ports 8 runs past port 65535"):
+        load_config(write(tmp_path, MINIMAL), overrides)
+    config = load_config(write(tmp_path, MINIMAL), overrides | {"scoring.metrics_port": 65528})
+    assert config.scoring.metrics_ports == 8, "a range ending at 65535 is fine"
+
+
 def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, MINIMAL))
     with pytest.raises(ValueError):
