@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -116,7 +117,13 @@ _commands()
 
 
 def _one_line(error: TailcalError) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """The error on one line: a line that introduces a list (ends with ':') runs on with a space,
+    the items it introduces are kept apart with '; '."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for previous, line in itertools.pairwise(lines):
+        text += (" " if previous.endswith(":") else "; ") + line
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

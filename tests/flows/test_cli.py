@@ -95,6 +95,8 @@ def test_an_invalid_setting_is_one_line_naming_the_key(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, f"exit 2, one line: {lines}"
     assert "selection.k" in lines[0] and "quantization.range_estimator" in lines[0], f"both keys named: {lines[0]}"
+    # and the two complaints are kept apart, not run together
+    assert "invalid setting(s): " in lines[0] and lines[0].count("; ") == 1, f"one '; ' between the two: {lines[0]}"
 
 
 def test_python_dash_m_flows_entry_points_still_work():
