@@ -593,7 +593,14 @@ def _describe(exc: ValidationError, source: str, overridden: set[str] | None = N
         elif err["type"] == "missing":
             lines.append(f"  {key}: required but missing.")
         else:
-            lines.append(f"  {key} = {_shown(err.get('input'))}: {err['msg']}")
+            value = err.get("input")
+            # YAML 1.1 reads an unquoted yes/no/on/off as a boolean, so `bias_correction: no` arrives as False
+            hint = (
+                " (YAML reads an unquoted yes, no, on or off as true/false: quote the word you meant)"
+                if isinstance(value, bool) and err["type"] in {"literal_error", "string_type", "enum"}
+                else ""
+            )
+            lines.append(f"  {key} = {_shown(value)}: {err['msg']}{hint}")
     return "\n".join(lines)
 
 

@@ -128,6 +128,17 @@ def test_a_metrics_port_range_past_65535_is_refused_naming_both_settings(tmp_pat
     assert config.scoring.metrics_ports == 8, "a range ending at 65535 is fine"
 
 
+def test_a_yaml_word_read_as_a_boolean_is_named_with_the_fix(tmp_path):
+    # given `bias_correction: no` and `grouping: off`, which YAML 1.1 reads as false
+    text = MINIMAL + "quantization:\n  bias_correction: no\nselection:\n  grouping: off\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    message = str(caught.value)
+    # then each is named with what YAML made of it and how to say what was meant
+    assert "quantization.bias_correction = False" in message and "selection.grouping = False" in message, message
+    assert message.count("quote the word you meant") == 2, message
+
+
 def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, MINIMAL))
     with pytest.raises(ValueError):
