@@ -31,7 +31,15 @@ from flows.stages import (
     select,
 )
 from tasks import tracking
-from tasks.config import Override, RangeEstimator, RuntimeEnv, SelectionStrategy, TailcalConfig, load_for
+from tasks.config import (
+    BiasCorrection,
+    Override,
+    RangeEstimator,
+    RuntimeEnv,
+    SelectionStrategy,
+    TailcalConfig,
+    load_for,
+)
 
 if TYPE_CHECKING:
     from tasks.calibration.decomposition import GapDecomposition
@@ -221,6 +229,7 @@ def release_cycle(
     k: Annotated[int | None, Override("selection.k")] = None,
     prompt: Annotated[str | None, Override("scoring.prompt")] = None,
     range_estimator: Annotated[RangeEstimator | None, Override("quantization.range_estimator")] = None,
+    bias_correction: Annotated[BiasCorrection | None, Override("quantization.bias_correction")] = None,
     subset_size: Annotated[int | None, Override("pool.subset_size")] = None,
     release_id: str | None = None,
 ) -> ReleaseSummary:
@@ -234,6 +243,7 @@ def release_cycle(
         k: Calibration set size (selection.k).
         prompt: Prompt template, e.g. difficulty-v1 (scoring.prompt).
         range_estimator: NNCF activation range estimator (quantization.range_estimator).
+        bias_correction: NNCF's fast bias correction after PTQ, fast or none (quantization.bias_correction).
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         release_id: Release identifier for the MLflow run name and tags.
     """

@@ -154,3 +154,13 @@ def test_servers_refuse_a_port_they_cannot_listen_on_before_loading_anything(cap
             last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
             assert code == 2 and len(last) == 1, f"{argv}: exit {code}, {last}"
             assert "port" in last[0], f"{argv}: the message names the port: {last[0]}"
+
+
+def test_run_overrides_the_bias_correction_from_the_command_line():
+    from flows.release_cycle import release_cycle
+    from tasks.config import load_for
+
+    path = str(ROOT / "configs" / "release.yaml")
+    assert load_for(release_cycle.fn, {"config_path": path}).quantization.bias_correction == "fast"
+    config = load_for(release_cycle.fn, {"config_path": path, "bias_correction": "none"})
+    assert config.quantization.bias_correction == "none", "--bias-correction none reaches the config"
