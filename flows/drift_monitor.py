@@ -3,12 +3,13 @@
 The reference is a release run's `scores.parquet` (the scored pool the calibration set
 was drawn from; default) or its `selection.parquet` (the K calibration images). The
 reference images are read back from the pool by id; the production sample is a bottom-k
-subset of a pool URI. Both go through the same difficulty estimate and image statistics
+subset of `drift.production_uri` (required: without it the monitor would compare the pool
+with itself). Both go through the same difficulty estimate and image statistics
 (`tasks.difficulty`), and are grouped by condition tag when both carry one, else by
 factor tags (`tasks.drift`). PSI per feature, `drift.recalibrate`, the grouping and the
 report go to MLflow.
 
-    tailcal drift --config configs/demo.yaml --reference-run-id <run_id>
+    tailcal drift --config configs/demo.yaml --production-uri s3://line-7/today/ --reference-run-id <run_id>
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from prefect import flow
 
 from flows.stages import flow_run_tags
 from tasks import tracking
-from tasks.config import Override, RuntimeEnv, load_for
+from tasks.config import Override, RuntimeEnv, TailcalConfig, load_for
+from tasks.errors import ConfigError
 
 if TYPE_CHECKING:
     from tasks.drift import DriftReport
@@ -55,13 +57,35 @@ class DriftRunSummary:
         return "\n".join(lines)
 
 
+def production_sample_uri(config: TailcalConfig, config_path: str) -> str:
+    """Where the production frames are: `drift.production_uri` (or --production-uri).
+
+    Raises ConfigError when neither names them: the monitor would otherwise read the pool it was
+    calibrated from and report no drift whatever production does.
+    """
+    uri = config.drift.production_uri
+    if not uri:
+        raise ConfigError(
+            f"{config_path}: the drift monitor has no production frames to compare: set drift.production_uri "
+            "(a Parquet path or s3:// URI where production frames land) or pass --production-uri. Comparing the "
+            "calibration pool with itself would report no drift whatever production does."
+        )
+    if uri.rstrip("/") == (config.pool.uri or "").rstrip("/"):
+        logger.warning(
+            "drift.production_uri is pool.uri (%s): the PSI means something only if the frames there changed since "
+            "the release; the same frames give PSI 0",
+            uri,
+        )
+    return uri
+
+
 @flow(name="calibration-drift-monitor")
 def drift_monitor(
     config_path: str = "configs/demo.yaml",
     reference_path: str | None = None,
     reference_run_id: str | None = None,
     reference: Literal["pool", "selection"] = "pool",
-    production_uri: str | None = None,
+    production_uri: Annotated[str | None, Override("drift.production_uri")] = None,
     production_subset_size: Annotated[int | None, Override("drift.production_subset_size")] = None,
     psi_threshold: Annotated[float | None, Override("drift.psi_threshold")] = None,
 ) -> DriftRunSummary:
@@ -72,7 +96,7 @@ def drift_monitor(
         reference_path: A release's scores.parquet or selection.parquet.
         reference_run_id: A release run id under <data_dir>/runs/ (default: the newest release run).
         reference: Compare against the scored pool or the K selected images.
-        production_uri: Pool Parquet path or s3:// URI of production frames (default: pool.uri).
+        production_uri: Parquet path or s3:// URI of production frames (drift.production_uri; required).
         production_subset_size: Production rows sampled (drift.production_subset_size).
         psi_threshold: PSI above which a feature counts as drifted (drift.psi_threshold).
     """
@@ -81,9 +105,9 @@ def drift_monitor(
 
     config = load_for(drift_monitor.fn, locals())
     env = RuntimeEnv()
+    production_uri = production_sample_uri(config, config_path)
     runs_dir = config.data.data_dir / "runs"
     ref_path = find_reference(runs_dir, reference, Path(reference_path) if reference_path else None, reference_run_id)
-    production_uri = production_uri or config.pool.uri
 
     ids = reference_ids(ref_path)
     # The calibration images are found by id in the pool, whatever subset the config samples.

@@ -423,6 +423,11 @@ class DriftConfig(_Strict):
     bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference for continuous features.")
     epsilon: float = Field(1e-4, gt=0.0, lt=0.1, description="Floor for empty-bin proportions.")
     psi_threshold: float = Field(0.25, gt=0.0, description="Any feature above → recalibrate.")
+    production_uri: str | None = Field(
+        None,
+        description="Where production frames land (Parquet path or s3:// URI): the monitor samples them and compares "
+        "them with the release's calibration data. Required by `tailcal drift`, here or as --production-uri.",
+    )
     production_subset_size: int | None = Field(1000, ge=1, description="Rows sampled from the production pool.")
     min_samples: int = Field(30, ge=2, description="Fewer rows on either side → no verdict (error).")
 

@@ -60,3 +60,35 @@ def test_drift_monitor_flow_logs_psi_and_verdict_to_mlflow(drift_pool, tmp_path,
     written = json.loads(Path(summary.report_path).read_text())
     assert set(written["features"]) >= {"difficulty", "brightness", "condition"}, f"report features: {written}"
     assert "recalibrate: True" in summary.describe(), "the command line prints the verdict"
+
+
+def test_without_production_frames_the_monitor_refuses_instead_of_comparing_the_pool_with_itself(tmp_path, capsys):
+    # given a config naming no production frames (neither drift.production_uri nor --production-uri)
+    from flows.cli import main
+
+    config = {
+        "data": {"data_dir": str(tmp_path / "data"), "synthetic": None},
+        "pool": {"uri": str(tmp_path / "pool")},
+        "gateway": {"models": [{"name": "m", "input_eur_per_mtok": 0.1, "output_eur_per_mtok": 0.1}]},
+        "budget": {"cap_eur": 1.0},
+    }
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    # when the monitor runs
+    code = main(["drift", "--config", str(config_path)])
+    # then it stops with one line naming the setting and the flag, before looking for a reference
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "drift.production_uri" in err and "--production-uri" in err, err
+    assert "no release run" not in err, f"the missing production frames are named first: {err}"
+
+
+def test_the_scheduled_monitor_names_its_production_frames():
+    # the daily deployment runs on configs/release.yaml: it must say where production frames land
+    from tasks.config import load_config
+    from tests.support import ROOT
+
+    deployment = next(
+        d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] if d["name"] == "drift-monitor"
+    )
+    config = load_config(ROOT / deployment["parameters"]["config_path"])
+    assert config.drift.production_uri and config.drift.production_uri != config.pool.uri, config.drift
