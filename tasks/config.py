@@ -138,7 +138,12 @@ class GatewayConfig(_Strict):
     url: str = "embedded"
     models: list[ModelPrice] = Field(min_length=1)
     key_env: str = Field("TAILCAL_GATEWAY_KEY", description="Env var holding the virtual key.")
-    timeout_s: float = Field(30.0, gt=0.0)
+    timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds an attempt may take from sending to the last byte of the reply (a trickled reply "
+        "counts whole); then it is retried as a timeout.",
+    )
     max_retries: int = Field(3, ge=0, le=10)
     max_image_side: int = Field(512, ge=32, le=4096)
     concurrency: int = Field(32, ge=1, le=1024, description="Calls in flight per process, shared by its shards.")

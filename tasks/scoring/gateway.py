@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
 from tasks.imaging import for_the_wire
+from tasks.scoring.deadline import deadline_client
 from tasks.scoring.offline_litellm import RetryPolicy, Router, litellm
 from tasks.scoring.prompts import PromptTemplate
 
@@ -224,6 +225,8 @@ class GatewayClient:
             disable_cooldowns=True,  # one deployment per model: a cooldown would fail every call
             timeout=config.timeout_s,
         )
+        # Every model is served by the one gateway: one client, with a whole-reply deadline per attempt.
+        self._client = deadline_client(api_base, api_key, config.timeout_s)
 
     def worst_case_cost(self, model: str, image: PreparedImage) -> float:
         """Upper bound on one call's cost, reserved before sending.
@@ -278,6 +281,7 @@ class GatewayClient:
             seed=seed,
             temperature=temperature,
             max_tokens=self._prices[model].max_output_tokens,
+            client=self._client,
         )
         latency = time.perf_counter() - start
         served_by = _served_model(response, model, self._prices)

@@ -1,0 +1,55 @@
+"""A whole-reply deadline for gateway calls, as an httpx transport under litellm's OpenAI client.
+
+httpx's timeouts (and so litellm's `timeout`) bound each network operation, not the request:
+a gateway that trickles its reply a few bytes at a time resets the read timeout with every
+chunk and is never timed out (measured: `gateway.timeout_s` 1.0, a 298-byte reply sent 8
+bytes every 0.2 s took 7.9 s and came back as a success). A proxy sending keep-alive bytes,
+or a provider streaming slowly under load, would hold a concurrency slot for as long as it
+likes. Neither httpx nor litellm has a total-time limit, so this module adds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from openai import AsyncOpenAI
+
+
+class DeadlineTransport(httpx.AsyncBaseTransport):
+    """Sends a request and reads its whole reply within `deadline_s`, or raises httpx.ReadTimeout
+    (which litellm maps to its Timeout error, retried under the Router's timeout policy)."""
+
+    def __init__(self, deadline_s: float, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._deadline_s = deadline_s
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                response = await self._inner.handle_async_request(request)
+                try:
+                    await response.aread()  # the body too: trickling is what per-read timeouts miss
+                except BaseException:
+                    await response.aclose()
+                    raise
+                return response
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                f"no complete reply within {self._deadline_s:g} s (gateway.timeout_s)", request=request
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def deadline_client(api_base: str, api_key: str, timeout_s: float) -> AsyncOpenAI:
+    """An OpenAI client for `api_base` whose every request must be answered in full within
+    `timeout_s`; handed to litellm per call (`client=`), so each Router attempt gets the deadline."""
+    return AsyncOpenAI(
+        api_key=api_key or "none",
+        base_url=api_base,
+        timeout=timeout_s,
+        max_retries=0,  # the Router owns retries
+        http_client=httpx.AsyncClient(transport=DeadlineTransport(timeout_s), timeout=timeout_s),
+    )
