@@ -291,4 +291,4 @@ def ablation(
 if __name__ == "__main__":
     from flows.cli import main
 
-    sys.exit(main(["ablate", *sys.argv[1:]]))
+    sys.exit(main(["ablate", *sys.argv[1:]], error_at_exit=True))

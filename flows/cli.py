@@ -12,6 +12,7 @@ machine, no analytics) are applied here, around the flow call, never on import.
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import inspect
 import itertools
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import cyclopts
 
-from tasks.config import load_for
+from tasks.config import TailcalConfig, load_for
 from tasks.errors import TailcalError
 from tasks.services import prefect_environment
 
@@ -74,15 +75,19 @@ def _user_errors_without_traceback() -> Iterator[None]:
             logger.removeFilter(quiet)
 
 
-def _register(command: str, target: Callable) -> None:
-    """Register `command` running `target` (a Prefect flow or a plain function) with its options."""
+def _register(command: str, target: Callable, preflight: Callable[[TailcalConfig, str], object] | None = None) -> None:
+    """Register `command` running `target` (a Prefect flow or a plain function) with its options;
+    `preflight(config, config_path)` runs the command's own checks of its config before Prefect starts."""
     signature_of = getattr(target, "fn", target)  # a flow's own function carries the signature
 
     def run(**kwargs):
         arguments = inspect.signature(signature_of).bind_partial(**kwargs)
         arguments.apply_defaults()
-        if arguments.arguments.get("config_path") is not None:
-            load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect starts
+        config_path = arguments.arguments.get("config_path")
+        if config_path is not None:
+            config = load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect
+            if preflight is not None:
+                preflight(config, config_path)
         if target is signature_of:  # a plain function, not a flow
             return target(**kwargs)
         with _prefect_settings(), _user_errors_without_traceback():
@@ -107,7 +112,7 @@ def _commands() -> None:
     _register("run", release_cycle.release_cycle)
     _register("ablate", ablation.ablation)
     _register("score", scoring.score)
-    _register("drift", drift_monitor.drift_monitor)
+    _register("drift", drift_monitor.drift_monitor, preflight=drift_monitor.production_sample_uri)
     _register("train-detector", train_detector.train_detector)
     _register("serve", server.serve)
     _register("reference-scorer", reference_scorer.serve)
@@ -117,24 +122,40 @@ _commands()
 
 
 def _one_line(error: TailcalError) -> str:
-    """The error on one line: a line that introduces a list (ends with ':') runs on with a space,
-    the items it introduces are kept apart with '; '."""
+    """The error on one line: after a line that introduces a list (ends with ':') or a sentence
+    ('.') the next runs on with a space; other lines are kept apart with '; '."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     for previous, line in itertools.pairwise(lines):
-        text += (" " if previous.endswith(":") else "; ") + line
+        text += (" " if previous.endswith((":", ".")) else "; ") + line
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run `tailcal` with `argv` (default: the process's arguments); returns the exit code."""
+# The console script's error line is printed by an exit handler registered here, at import,
+# before Prefect registers the one that stops its temporary server: exit handlers run last
+# registered first, so Prefect's "Stopping temporary server" log comes before it and the
+# error stays the last line on stderr.
+_LAST_WORDS: list[str] = []
+atexit.register(lambda: _LAST_WORDS and print(_LAST_WORDS[-1], file=sys.stderr, flush=True))
+
+
+def main(argv: list[str] | None = None, *, error_at_exit: bool = False) -> int:
+    """Run `tailcal` with `argv` (default: the process's arguments); returns the exit code.
+
+    A TailcalError becomes one `tailcal: …` line on stderr, printed at once, or with
+    `error_at_exit` as the process's very last line (after Prefect's shutdown logs).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tasks").setLevel(logging.INFO)
     logging.getLogger("flows").setLevel(logging.INFO)
     try:
         result = app(sys.argv[1:] if argv is None else argv, exit_on_error=False, print_error=True)
     except TailcalError as error:
-        print(f"tailcal: {_one_line(error)}", file=sys.stderr)
+        line = f"tailcal: {_one_line(error)}"
+        if error_at_exit:
+            _LAST_WORDS.append(line)
+        else:
+            print(line, file=sys.stderr)
         return 2
     except cyclopts.CycloptsError:
         return 2
@@ -146,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry_point() -> None:
     """The `tailcal` console script."""
-    sys.exit(main())
+    sys.exit(main(error_at_exit=True))
 
 
 if __name__ == "__main__":

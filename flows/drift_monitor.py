@@ -155,4 +155,4 @@ def drift_monitor(
 if __name__ == "__main__":
     from flows.cli import main
 
-    sys.exit(main(["drift", *sys.argv[1:]]))
+    sys.exit(main(["drift", *sys.argv[1:]], error_at_exit=True))

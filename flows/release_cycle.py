@@ -324,4 +324,4 @@ def release_cycle(
 if __name__ == "__main__":
     from flows.cli import main
 
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(main(["run", *sys.argv[1:]], error_at_exit=True))

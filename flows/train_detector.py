@@ -130,4 +130,4 @@ def train_detector(
 if __name__ == "__main__":
     from flows.cli import main
 
-    sys.exit(main(["train-detector", *sys.argv[1:]]))
+    sys.exit(main(["train-detector", *sys.argv[1:]], error_at_exit=True))

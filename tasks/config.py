@@ -594,14 +594,19 @@ def _describe(exc: ValidationError, source: str, overridden: set[str] | None = N
             key += " (given as a run parameter, not in the file)"
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1]))
-            hint = (
-                " Secrets come from the environment, never from config files."
-                if loc[-1].lower() in _SECRET_LIKE_KEYS
-                else ""
-            )
+            hint = ""
+            if loc[-1].lower() in _SECRET_LIKE_KEYS:
+                hint = " Secrets come from the environment, never from config files" + (
+                    ": the gateway's key from TAILCAL_GATEWAY_KEY (or the variable gateway.key_env names)."
+                    if loc[0] == "gateway"
+                    else "."
+                )
             lines.append(f"  {key}: unknown key. Allowed here: {allowed}.{hint}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required but missing.")
+        elif err["type"] == "value_error" and isinstance(err.get("input"), dict):
+            # a check across a section's settings: its message names them; the section's dump would bury it
+            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
         else:
             value = err.get("input")
             # YAML 1.1 reads an unquoted yes/no/on/off as a boolean, so `bias_correction: no` arrives as False

@@ -91,7 +91,20 @@ def test_secret_in_yaml_is_refused_with_a_pointer_to_the_environment(tmp_path):
         load_config(write(tmp_path, text))
     message = str(err.value)
     assert "gateway.api_key" in message and "environment" in message, message
+    assert "TAILCAL_GATEWAY_KEY" in message, f"the variable to use is named: {message}"
     assert "sk-not-here" not in message, "the secret value itself must not be echoed"
+
+
+def test_a_check_across_a_section_is_reported_with_the_field_errors_and_without_the_section_dump(tmp_path):
+    # given a wrong field in one section and a range that runs past 65535 in another
+    text = MINIMAL + "selection:\n  k: 0\nscoring:\n  metrics_port: 65530\n  metrics_ports: 10\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    # then both are named at once, the cross-setting one by its message, not by the whole section's values
+    assert "2 invalid setting(s)" in message and "selection.k = 0" in message, message
+    assert "scoring: scoring.metrics_port 65530 with metrics_ports 10 runs past port 65535" in message, message
+    assert "Value error" not in message and "'prompt'" not in message, f"no pydantic prefix, no section dump: {message}"
 
 
 def test_fallback_degradation_requires_a_model(tmp_path):

@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,7 +13,7 @@ import yaml
 from PIL import Image
 
 from tests.support import DRIFT_THRESHOLD as THRESHOLD
-from tests.support import darken
+from tests.support import ROOT, darken
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,19 +79,44 @@ def test_without_production_frames_the_monitor_refuses_instead_of_comparing_the_
     config_path.write_text(yaml.safe_dump(config))
     # when the monitor runs
     code = main(["drift", "--config", str(config_path)])
-    # then it stops with one line naming the setting and the flag, before looking for a reference
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and "drift.production_uri" in err and "--production-uri" in err, err
-    assert "no release run" not in err, f"the missing production frames are named first: {err}"
+    # then it stops with one line naming the setting and the flag, before Prefect starts
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert code == 2 and len(lines) == 1, f"one line, nothing started: {lines}"
+    assert "drift.production_uri" in lines[0] and "--production-uri" in lines[0], lines[0]
 
 
 def test_the_scheduled_monitor_names_its_production_frames():
     # the daily deployment runs on configs/release.yaml: it must say where production frames land
     from tasks.config import load_config
-    from tests.support import ROOT
 
     deployment = next(
         d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] if d["name"] == "drift-monitor"
     )
     config = load_config(ROOT / deployment["parameters"]["config_path"])
     assert config.drift.production_uri and config.drift.production_uri != config.pool.uri, config.drift
+
+
+def test_an_error_inside_a_flow_is_the_last_line_on_stderr_after_prefects_shutdown_logs(tmp_path):
+    # given a drift check whose reference is missing: the error comes from inside the flow, after
+    # Prefect's temporary server started (its "Stopping temporary server" log comes at exit)
+    config = tmp_path / "drift.yaml"
+    tree = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    tree["data"]["data_dir"] = str(tmp_path / "data")
+    config.write_text(yaml.safe_dump(tree))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    script = Path(sys.executable).parent / "tailcal"
+    # when it runs from the console script and from the older `python -m flows.<module>` entry point
+    for command in ([str(script), "drift"], [sys.executable, "-m", "flows.drift_monitor"]):
+        result = subprocess.run(
+            [*command, "--config", str(config), "--production-uri", str(tmp_path / "production")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        # then it exits 2 and the last line on stderr is tailcal's, saying what to fix
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2, f"{command[-1]}: exit {result.returncode}\n{result.stderr[-2000:]}"
+        assert last.startswith("tailcal: ") and "no release run" in last, f"{command[-1]}: last line {last!r}"
