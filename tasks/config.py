@@ -141,8 +141,16 @@ class GatewayConfig(_Strict):
     timeout_s: float = Field(
         30.0,
         gt=0.0,
-        description="Seconds an attempt may take from sending to the last byte of the reply (a trickled reply "
-        "counts whole); then it is retried as a timeout.",
+        le=3600.0,
+        description="Seconds an attempt may wait on the network at any one point (connecting, each read); then it "
+        "is retried as a timeout.",
+    )
+    reply_deadline_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=14400.0,
+        description="Seconds an attempt may take from sending to the last byte of the reply, however steadily the "
+        "bytes come (a gateway trickling its reply resets timeout_s with every chunk); unset: 4 × timeout_s.",
     )
     max_retries: int = Field(3, ge=0, le=10)
     max_image_side: int = Field(512, ge=32, le=4096)
@@ -155,6 +163,11 @@ class GatewayConfig(_Strict):
         "(e.g. HTTP 400 for a request parameter, a reply cut at the length limit), counted across the "
         "process's shards; a scored call resets the count.",
     )
+
+    @property
+    def attempt_deadline_s(self) -> float:
+        """Seconds one attempt may take in all: reply_deadline_s, else 4 × timeout_s."""
+        return self.reply_deadline_s if self.reply_deadline_s is not None else 4 * self.timeout_s
 
     @field_validator("url")
     @classmethod

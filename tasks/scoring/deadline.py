@@ -5,7 +5,10 @@ a gateway that trickles its reply a few bytes at a time resets the read timeout 
 chunk and is never timed out (measured: `gateway.timeout_s` 1.0, a 298-byte reply sent 8
 bytes every 0.2 s took 7.9 s and came back as a success). A proxy sending keep-alive bytes,
 or a provider streaming slowly under load, would hold a concurrency slot for as long as it
-likes. Neither httpx nor litellm has a total-time limit, so this module adds one.
+likes. Neither httpx nor litellm has a total-time limit, so this module adds one
+(`gateway.reply_deadline_s`, 4 × `timeout_s` unless set: a total limit as tight as the
+per-read one would also cut steady replies delayed by a busy client, measured at 200 calls in
+flight on 2 cores with a 1 s gateway and timeout_s 1.8).
 """
 
 from __future__ import annotations
@@ -36,20 +39,29 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
                 return response
         except TimeoutError:
             raise httpx.ReadTimeout(
-                f"no complete reply within {self._deadline_s:g} s (gateway.timeout_s)", request=request
+                f"no complete reply within {self._deadline_s:g} s (gateway.reply_deadline_s)", request=request
             ) from None
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-def deadline_client(api_base: str, api_key: str, timeout_s: float) -> AsyncOpenAI:
-    """An OpenAI client for `api_base` whose every request must be answered in full within
-    `timeout_s`; handed to litellm per call (`client=`), so each Router attempt gets the deadline."""
+def deadline_client(api_base: str, api_key: str, timeout_s: float, deadline_s: float) -> AsyncOpenAI:
+    """An OpenAI client for `api_base`: each network wait within `timeout_s` (httpx's own
+    timeouts), each request answered in full within `deadline_s`; handed to litellm per call
+    (`client=`), so each Router attempt gets both.
+
+    The connection pool is unbounded: `gateway.concurrency` (up to 1024) already bounds the calls
+    in flight, and a pool smaller than that (httpx's default is 100) would make calls wait for a
+    connection inside the deadline and time out without having been sent.
+    """
+    # no pool limit; keep-alive connections for as many calls as may be in flight
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    transport = DeadlineTransport(deadline_s, httpx.AsyncHTTPTransport(limits=limits))
     return AsyncOpenAI(
         api_key=api_key or "none",
         base_url=api_base,
         timeout=timeout_s,
         max_retries=0,  # the Router owns retries
-        http_client=httpx.AsyncClient(transport=DeadlineTransport(timeout_s), timeout=timeout_s),
+        http_client=httpx.AsyncClient(transport=transport, timeout=timeout_s, limits=limits),
     )

@@ -226,7 +226,7 @@ class GatewayClient:
             timeout=config.timeout_s,
         )
         # Every model is served by the one gateway: one client, with a whole-reply deadline per attempt.
-        self._client = deadline_client(api_base, api_key, config.timeout_s)
+        self._client = deadline_client(api_base, api_key, config.timeout_s, config.attempt_deadline_s)
 
     def worst_case_cost(self, model: str, image: PreparedImage) -> float:
         """Upper bound on one call's cost, reserved before sending.

@@ -123,7 +123,7 @@ def open_session(
     litellm.callbacks = [cb for cb in litellm.callbacks if not isinstance(cb, AttemptLogger)]
     litellm.callbacks.append(AttemptLogger(metrics))
     # A lease outlives the longest call: every attempt timing out, plus room for Retry-After waits.
-    lease_s = 2 * setup.gateway.timeout_s * (setup.gateway.max_retries + 1) + 60
+    lease_s = 2 * setup.gateway.attempt_deadline_s * (setup.gateway.max_retries + 1) + 60
     ledger = BudgetLedger(client, api_key, setup.budget.cap_eur, setup.budget.alert_fraction, lease_s)
     label = ledger_id(api_key)
     _declare_series(metrics, setup, ledger, label)

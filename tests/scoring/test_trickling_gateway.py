@@ -1,6 +1,7 @@
-"""`gateway.timeout_s` bounds the whole reply, not each read: a gateway that trickles its reply
-(the body a few bytes at a time, or the status line and headers) is timed out, retried as a
-timeout, and the candidate is recorded as failed with the reason, its reservation released.
+"""`gateway.reply_deadline_s` bounds the whole reply, where `timeout_s` bounds each read: a
+gateway that trickles its reply (the body a few bytes at a time, or the status line and
+headers) is timed out, retried as a timeout, and the candidate is recorded as failed with the
+reason, its reservation released.
 
 A real socket server on loopback sends the trickle; the client is tailcal's own scoring path.
 """
@@ -19,7 +20,8 @@ from tests.support import rows, scoring_config, session_for
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 1.0
-STEP_S = 0.2  # between chunks: far below the timeout, so no single read ever times out
+DEADLINE_S = 1.5
+STEP_S = 0.4  # between chunks: far below the timeout, so no single read ever times out; ~15 s a reply
 REPLY = json.dumps(
     {
         "id": "trickle",
@@ -40,7 +42,7 @@ REPLY = json.dumps(
 
 class TricklingGateway:
     """An OpenAI-compatible endpoint on 127.0.0.1 that answers every request correctly, but
-    `part` ("body" or "headers") arrives 8 bytes every STEP_S: about 8 s for the whole reply."""
+    `part` ("body" or "headers") arrives 8 bytes every STEP_S: about 15 s for the whole reply."""
 
     def __init__(self, part: str) -> None:
         self.part, self.requests = part, 0
@@ -95,11 +97,12 @@ class TricklingGateway:
 
 @pytest.mark.parametrize("part", ["body", "headers"])
 def test_a_trickled_reply_is_timed_out_retried_and_recorded_as_failed(part, pool_dir, redis_client):
-    # given a gateway whose replies trickle in for ~8 s, and a 1 s timeout with one retry
+    # given a gateway whose replies trickle in for ~15 s, a 1 s timeout, a 1.5 s deadline and one retry
     from tasks.scoring.passes import score_shard
 
     gateway = TricklingGateway(part)
-    config = scoring_config(gateway={"timeout_s": TIMEOUT_S, "max_retries": 1, "concurrency": 2})
+    gateway_settings = {"timeout_s": TIMEOUT_S, "reply_deadline_s": DEADLINE_S, "max_retries": 1, "concurrency": 2}
+    config = scoring_config(gateway=gateway_settings)
     session = session_for(config, redis_client, gateway.api_base)
     candidates = rows(pool_dir, 0, 2)
     try:
@@ -109,11 +112,34 @@ def test_a_trickled_reply_is_timed_out_retried_and_recorded_as_failed(part, pool
         took = time.perf_counter() - started
     finally:
         gateway.stop()
-    # then each attempt stopped near the timeout, not when the trickle ended (~8 s)
-    assert took < 8 * TIMEOUT_S, f"scoring took {took:.1f} s: the {part} trickle was not timed out"
+    # then each attempt stopped at the deadline (plus the Router's backoff), not when the trickle ended (~15 s)
+    assert took < 12, f"scoring took {took:.1f} s: the {part} trickle was not cut at the deadline"
     assert gateway.requests == 2 * 2, f"each candidate tried twice (one retry): {gateway.requests} requests"
     # and each candidate is failed with a reason naming the timeout, and nothing is booked
     assert [r.status for r in records] == ["failed", "failed"], records
     assert all("timeout" in r.reason.lower() or "timed out" in r.reason.lower() for r in records), records
     state = session.ledger.state()
     assert state.spent_eur == 0 and state.reserved_eur == 0, f"nothing booked or held: {state}"
+
+
+def test_more_calls_in_flight_than_httpx_pools_by_default_are_all_sent_and_answered(distinct_pool, redis_client):
+    # given a gateway answering in 0.3 s and 150 calls allowed in flight (httpx pools 100 by default;
+    # a call waiting for a connection inside the deadline would time out unsent)
+    from collections import Counter
+
+    from tasks.loopback import LoopbackServer
+    from tasks.scoring.passes import score_shard
+    from tasks.testing.reference_scorer import ScorerSettings, create_app
+
+    stats, answered = Counter(), []
+    server = LoopbackServer(create_app(ScorerSettings(latency_s=0.3), stats, answered), "reference scorer", 0)
+    server.start()
+    config = scoring_config(gateway={"timeout_s": 10, "max_retries": 0, "concurrency": 150})
+    session = session_for(config, redis_client, f"{server.base_url}/v1")
+    try:
+        records = score_shard(session, rows(distinct_pool, 0, 150))
+    finally:
+        server.stop()
+    # then every call was scored, and more than 100 were in flight at once
+    assert Counter(r.status for r in records) == {"scored": 150}, Counter(r.reason for r in records)
+    assert stats["peak_in_flight"] > 100, f"peak in flight {stats['peak_in_flight']}: the client pooled the calls"
