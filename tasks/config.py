@@ -11,10 +11,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.errors import ConfigError
@@ -39,6 +48,25 @@ _SECRET_LIKE_KEYS = {"api_key", "key", "virtual_key", "password", "secret", "tok
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yaml_booleans_where_none_belong(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 reads an unquoted yes/no/on/off as a boolean, and pydantic would quietly turn
+        # `k: yes` into K=1 (or `metrics_port: yes` into port 1): a boolean only goes where one belongs.
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(
+                "YAML reads an unquoted yes, no, on or off as true/false, and this setting takes no true/false: "
+                "quote the word you meant, or write the number"
+            )
+        return value
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts a boolean (bool itself, inside a union or Literal)."""
+    if annotation is bool:
+        return True
+    return any(arg is bool or arg is True or arg is False or _takes_bool(arg) for arg in get_args(annotation))
 
 
 class SyntheticConfig(_Strict):
@@ -242,6 +270,11 @@ class ScoringConfig(_Strict):
 
     @model_validator(mode="after")
     def _metrics_range_fits(self) -> ScoringConfig:
+        if self.metrics_ports > 1 and not self.metrics_port:
+            raise ValueError(
+                f"scoring.metrics_ports is {self.metrics_ports} but scoring.metrics_port is unset, so nothing would "
+                "be served: set metrics_port to the range's first port, or drop metrics_ports"
+            )
         if self.metrics_port and self.metrics_port + self.metrics_ports - 1 > 65535:
             raise ValueError(
                 f"scoring.metrics_port {self.metrics_port} with metrics_ports {self.metrics_ports} runs past port "
@@ -621,14 +654,7 @@ def _describe(exc: ValidationError, source: str, overridden: set[str] | None = N
             # a check across a section's settings: its message names them; the section's dump would bury it
             lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
         else:
-            value = err.get("input")
-            # YAML 1.1 reads an unquoted yes/no/on/off as a boolean, so `bias_correction: no` arrives as False
-            hint = (
-                " (YAML reads an unquoted yes, no, on or off as true/false: quote the word you meant)"
-                if isinstance(value, bool) and err["type"] in {"literal_error", "string_type", "enum"}
-                else ""
-            )
-            lines.append(f"  {key} = {_shown(value)}: {err['msg']}{hint}")
+            lines.append(f"  {key} = {_shown(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

@@ -139,6 +139,8 @@ def test_a_metrics_port_range_past_65535_is_refused_naming_both_settings(tmp_pat
         load_config(write(tmp_path, MINIMAL), overrides)
     config = load_config(write(tmp_path, MINIMAL), overrides | {"scoring.metrics_port": 65528})
     assert config.scoring.metrics_ports == 8, "a range ending at 65535 is fine"
+    with pytest.raises(ConfigError, match=r"metrics_ports is 8 but scoring.metrics_port is unset"):
+        load_config(write(tmp_path, MINIMAL), {"scoring.metrics_ports": 8})
 
 
 def test_a_yaml_word_read_as_a_boolean_is_named_with_the_fix(tmp_path):
@@ -150,6 +152,20 @@ def test_a_yaml_word_read_as_a_boolean_is_named_with_the_fix(tmp_path):
     # then each is named with what YAML made of it and how to say what was meant
     assert "quantization.bias_correction = False" in message and "selection.grouping = False" in message, message
     assert message.count("quote the word you meant") == 2, message
+
+
+def test_a_yaml_boolean_never_becomes_a_number_or_a_path(tmp_path):
+    # given `k: yes` (pydantic alone would make it K=1), `max_retries: no` (0) and `data_dir: off`,
+    # beside a setting that does take true/false
+    text = MINIMAL.replace("gateway:\n", "gateway:\n  max_retries: no\n")
+    text += "selection:\n  k: yes\ndata:\n  data_dir: off\nevaluation:\n  gap_decomposition: no\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    message = str(caught.value)
+    # then each of the three is refused by name, and the boolean setting is not
+    for key in ("selection.k = True", "gateway.max_retries = False", "data.data_dir = False"):
+        assert f"{key}: YAML reads an unquoted yes, no, on or off" in message, message
+    assert "3 invalid setting(s)" in message and "gap_decomposition" not in message, message
 
 
 def test_config_is_frozen(tmp_path):
