@@ -70,12 +70,6 @@ def production_sample_uri(config: TailcalConfig, config_path: str) -> str:
             "(a Parquet path or s3:// URI where production frames land) or pass --production-uri. Comparing the "
             "calibration pool with itself would report no drift whatever production does."
         )
-    if uri.rstrip("/") == (config.pool.uri or "").rstrip("/"):
-        logger.warning(
-            "drift.production_uri is pool.uri (%s): the PSI means something only if the frames there changed since "
-            "the release; the same frames give PSI 0",
-            uri,
-        )
     return uri
 
 
@@ -100,7 +94,7 @@ def drift_monitor(
         production_subset_size: Production rows sampled (drift.production_subset_size).
         psi_threshold: PSI above which a feature counts as drifted (drift.psi_threshold).
     """
-    from tasks.drift import compare_samples, find_reference, reference_ids, sample_features
+    from tasks.drift import check_comparable, compare_samples, find_reference, reference_ids, sample_features
     from tasks.ingest import IngestReport, iter_candidate_batches
 
     config = load_for(drift_monitor.fn, locals())
@@ -126,6 +120,8 @@ def drift_monitor(
     prod_report = IngestReport()
     prod_sample = sample_features(iter_candidate_batches(production_pool, env, prod_report))
     logger.info("production: %s", prod_report.summary())
+    where = {"pool": str(config.pool.uri), "reference": str(ref_path), "production": production_uri}
+    check_comparable(len(ids), ref_sample, prod_sample, where)
     report = compare_samples(ref_sample, prod_sample, config.drift)
 
     tags = {

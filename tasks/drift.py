@@ -4,11 +4,13 @@ Features are the service's own difficulty estimate, the image statistics behind 
 (brightness, contrast, sharpness, noise, saturated fraction) and one categorical grouping
 of the frames, the one selection stratifies on (`tasks.selection.grouping`):
 
-- `condition`, the pool's condition tag, when both samples carry one;
+- `condition`, the pool's condition tag, when every frame of both samples carries one;
 - otherwise `factors`: each frame's factor tags (low_light, motion_blur, … — the prompt's
   vocabulary), reduced to its rarest tag by the reference's counts. Real pools and
   production frames rarely carry a condition column, and a column present on one side only
-  would read as a shift of its own.
+  (or on some rows only: untagged frames would form a category of their own, read as a
+  shift — PSI 4.6 on identical pixels with every other production row untagged) would read
+  as a shift of its own.
 
 Factor tags come from the same local estimate on both sides (`tasks.difficulty.assess`,
 the formula the reference scorer answers with): production frames are never sent to the
@@ -23,6 +25,7 @@ Rule of thumb: < 0.1 stable, 0.1–0.25 moderate, > 0.25 shifted.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections import Counter
@@ -60,6 +63,7 @@ class FeatureSample:
     continuous: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in CONTINUOUS_FEATURES})
     categorical: dict[str, list[str]] = field(default_factory=lambda: {name: [] for name in CATEGORICAL_FEATURES})
     factors: list[tuple[str, ...]] = field(default_factory=list)  # per row: the estimate's factor tags
+    digests: list[bytes] = field(default_factory=list)  # per row: a digest of the decoded pixels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,10 +76,12 @@ class FeatureSample:
             self.continuous[name].append(features[name])
         self.categorical["condition"].append(condition or UNKNOWN_STRATUM)
         self.factors.append(assessment.factors)
+        self.digests.append(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest())
 
     @property
-    def has_conditions(self) -> bool:
-        return any(tag != UNKNOWN_STRATUM for tag in self.categorical["condition"])
+    def fully_tagged(self) -> bool:
+        """Every frame carries a condition tag."""
+        return all(tag != UNKNOWN_STRATUM for tag in self.categorical["condition"])
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
@@ -236,23 +242,67 @@ class DriftReport:
         }
 
 
+MISSING_REFERENCE_TOLERANCE = 0.01  # share of the release's reference frames that may have left the pool
+SHARED_FRAMES_LIMIT = 0.5  # share of the production sample that may be reference frames
+
+
+def check_comparable(
+    expected_reference: int,
+    reference: FeatureSample,
+    production: FeatureSample,
+    where: dict[str, str],
+) -> None:
+    """Refuse a comparison whose PSI would be wrong without an error:
+
+    - more than 1 % of the release's reference frames are no longer found in the pool: PSI
+      against what is left compares production with a different set than the release
+      calibrated on (measured: 40 of 300 found gave "recalibrate" on identical pixels);
+    - more than half of the production sample are reference frames (the same pixels, whatever
+      their ids): production is the calibration pool itself, and PSI ≈ 0 whatever production does.
+
+    `where` names the inputs for the message: `pool`, `reference` and `production`.
+    Raises DriftError.
+    """
+    missing = expected_reference - len(reference)
+    if missing > MISSING_REFERENCE_TOLERANCE * expected_reference:
+        raise DriftError(
+            f"{missing} of the {expected_reference} reference images in {where['reference']} are not in the pool at "
+            f"{where['pool']}: PSI against the {len(reference)} left would not describe the release's calibration "
+            "data. Point pool.uri at the pool that release scored, or compare with a newer release (--reference-run-id)"
+        )
+    reference_pixels = set(reference.digests)
+    shared = sum(1 for digest in production.digests if digest in reference_pixels)
+    if len(production) and shared > SHARED_FRAMES_LIMIT * len(production):
+        raise DriftError(
+            f"{shared} of the {len(production)} production frames sampled from {where['production']} are the "
+            "release's own reference frames (the same pixels): that is the calibration pool, not production, and "
+            "its PSI would be ~0 whatever production does. Point drift.production_uri (--production-uri) at frames "
+            "that arrived after the release"
+        )
+
+
 def compare_samples(reference: FeatureSample, production: FeatureSample, config: DriftConfig) -> DriftReport:
     """PSI of every feature, production vs reference (the calibration set).
 
-    The categorical feature is `condition` when both samples carry condition tags, else
+    The categorical feature is `condition` when every frame of both samples carries a condition tag, else
     `factors` (see the module docstring); `DriftReport.grouping` says which.
     """
+    fixes = {
+        "reference (calibration set)": "compare with --reference pool (the scored pool, not the K selected images)",
+        "production sample": "sample more production frames (drift.production_subset_size, or a drift.production_uri "
+        "that holds more)",
+    }
     for label, sample in (("reference (calibration set)", reference), ("production sample", production)):
         if len(sample) < config.min_samples:
             raise DriftError(
                 f"{label} has {len(sample)} images, fewer than drift.min_samples={config.min_samples}: "
-                "widen the sample (drift.production_subset_size) or lower min_samples"
+                f"{fixes[label]}, or lower min_samples"
             )
     features = {
         name: psi_continuous(name, reference.continuous[name], production.continuous[name], config.bins, config.epsilon)
         for name in CONTINUOUS_FEATURES
     }
-    if reference.has_conditions and production.has_conditions:
+    if len(reference) and len(production) and reference.fully_tagged and production.fully_tagged:
         grouping = "condition"
         features["condition"] = psi_categorical(
             "condition", reference.categorical["condition"], production.categorical["condition"], config.epsilon

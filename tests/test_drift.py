@@ -153,3 +153,43 @@ def test_a_condition_column_on_one_side_only_is_not_read_as_drift(drift_pool, re
     report = compare_samples(reference, _unlabelled(drift_pool), config)
     # then the factor mix is compared, and the same frames do not drift
     assert report.grouping == "factors" and not report.recalibrate, f"no drift in the same frames: {report.metrics()}"
+
+
+def test_condition_tags_on_some_production_rows_only_are_not_read_as_drift(drift_pool, reference):
+    # given the reference's own frames as production, every other row without its condition tag
+    half = FeatureSample()
+    for index, (image_id, condition) in enumerate(zip(reference.ids, reference.categorical["condition"], strict=True)):
+        half.ids.append(image_id)
+        half.categorical["condition"].append(condition if index % 2 else "unknown")
+    half.continuous = {k: list(v) for k, v in reference.continuous.items()}
+    half.factors = list(reference.factors)
+    # when compared, then the untagged rows are no category of their own: the factor mix is compared, no drift
+    report = compare_samples(reference, half, DriftConfig(min_samples=30, psi_threshold=THRESHOLD))
+    assert report.grouping == "factors" and not report.recalibrate, f"same frames: {report.metrics()}"
+
+
+def _subset(sample: FeatureSample, rows: slice, ids: list[str] | None = None) -> FeatureSample:
+    out = FeatureSample()
+    out.ids = ids or sample.ids[rows]
+    out.continuous = {k: v[rows] for k, v in sample.continuous.items()}
+    out.categorical = {k: v[rows] for k, v in sample.categorical.items()}
+    out.factors = sample.factors[rows]
+    out.digests = sample.digests[rows]
+    return out
+
+
+def test_a_reference_missing_from_the_pool_is_refused_naming_both(reference):
+    from tasks.drift import check_comparable
+
+    where = {"pool": "s3://pools/line-7/", "reference": "runs/r1/scores.parquet", "production": "s3://prod/today/"}
+    other = _subset(reference, slice(0, 60), [f"new-{i}" for i in range(60)])
+    other.digests = [bytes([i]) * 16 for i in range(60)]  # new frames: pixels the reference does not hold
+    # given a release that scored 300 frames of which only 40 are still in the pool
+    with pytest.raises(DriftError, match=r"260 of the 300 reference images in runs/r1/scores.parquet .* s3://pools"):
+        check_comparable(300, _subset(reference, slice(0, 40)), other, where)
+    # and a production sample that is mostly the reference's own frames under new ids (the pool read as production)
+    renamed = _subset(reference, slice(0, 60), [f"prod-{i}" for i in range(60)])
+    with pytest.raises(DriftError, match=r"60 of the 60 production frames sampled from s3://prod/today/"):
+        check_comparable(len(reference), reference, renamed, where)
+    # then a complete reference against new frames passes
+    check_comparable(len(reference), reference, other, where)
