@@ -118,7 +118,8 @@ def drift_monitor(
         }
     )
     prod_report = IngestReport()
-    prod_sample = sample_features(iter_candidate_batches(production_pool, env, prod_report))
+    production_setting = "drift.production_uri (--production-uri)"
+    prod_sample = sample_features(iter_candidate_batches(production_pool, env, prod_report, production_setting))
     logger.info("production: %s", prod_report.summary())
     where = {"pool": str(config.pool.uri), "reference": str(ref_path), "production": production_uri}
     check_comparable(len(ids), ref_sample, prod_sample, where)

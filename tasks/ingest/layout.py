@@ -55,7 +55,7 @@ _DELTA_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\b.*\.(parquet|json)$")
 _DELTA_READER_FEATURES = {"timestampNtz", "columnMapping", "deletionVectors", "v2Checkpoint", "vacuumProtocolCheck"}
 _EXPORT_FIX = (
     "export the table's current snapshot to plain Parquet (e.g. in Spark: "
-    "spark.read.format(...).load(path).write.parquet(out)) and point pool.uri at that folder"
+    "spark.read.format(...).load(path).write.parquet(out)) and point tailcal at that folder"
 )
 
 
@@ -149,7 +149,7 @@ def _refuse_foreign_tables(location: PoolLocation, relative: Mapping[str, str]) 
             raise PoolSchemaError(
                 f"pool {location.uri!r} holds a Delta table at {where!r} (its _delta_log/ is not at the pool root): "
                 "reading its folder as plain Parquet would bring back rows the table deleted; "
-                "point pool.uri at the table folder itself, one table per pool"
+                f"point {location.setting} at the table folder itself, one table per pool"
             )
         if hidden == ".hoodie":
             raise PoolSchemaError(

@@ -40,6 +40,7 @@ class PoolLocation:
     root: str  # bucket/prefix on S3, an absolute path locally
     scheme: str  # "s3" or "file"
     image_base: str  # relative image_uri values resolve from here: the root, or a single file's folder
+    setting: str = "pool.uri"  # the setting that named the location, for messages
 
     def display(self, path: str) -> str:
         """A path inside this filesystem, written the way a user would type it."""
@@ -80,11 +81,12 @@ def s3_filesystem(env: RuntimeEnv) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve_pool(uri: str, filesystems: Filesystems) -> PoolLocation:
+def resolve_pool(uri: str, filesystems: Filesystems, setting: str = "pool.uri") -> PoolLocation:
+    """`uri` resolved to its filesystem and root; `setting` names where it came from in messages."""
     filesystem, root, scheme = filesystems.split(uri)
     if scheme == "s3" and not root:
-        raise EmptyPoolError(f"pool URI {uri!r} names no bucket: use s3://bucket/prefix/")
-    return PoolLocation(uri=uri, filesystem=filesystem, root=root, scheme=scheme, image_base=root)
+        raise EmptyPoolError(f"{setting} {uri!r} names no bucket: use s3://bucket/prefix/")
+    return PoolLocation(uri=uri, filesystem=filesystem, root=root, scheme=scheme, image_base=root, setting=setting)
 
 
 def list_tree(location: PoolLocation) -> list[str]:
@@ -99,7 +101,10 @@ def list_tree(location: PoolLocation) -> list[str]:
             # A single file: PoolLocation.image_base is moved to its folder by the caller.
             return [location.root]
         if info.type == pafs.FileType.NotFound and location.scheme == "file":
-            raise EmptyPoolError(f"pool path {location.uri!r} does not exist: check pool.uri or generate the pool")
+            raise EmptyPoolError(
+                f"path {location.uri!r} does not exist: check {location.setting}"
+                + (" or generate the pool" if location.setting == "pool.uri" else "")
+            )
         selector = pafs.FileSelector(location.root, recursive=True, allow_not_found=True)
         infos = location.filesystem.get_file_info(selector)
     except OSError as exc:

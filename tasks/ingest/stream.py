@@ -44,7 +44,9 @@ class _Row:
     conflict: str | None = None  # the file and its partition path (or Delta log) disagree on a metadata value
 
 
-def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestReport) -> Iterator[list[Candidate]]:
+def iter_candidate_batches(
+    pool: PoolConfig, env: RuntimeEnv, report: IngestReport, setting: str = "pool.uri"
+) -> Iterator[list[Candidate]]:
     """Batches of up to `pool.batch_rows` validated candidates from the Parquet pool at `pool.uri`.
 
     `pool.uri` is `s3://bucket/prefix/` or a local path: one file, a folder of `*.parquet`
@@ -55,25 +57,26 @@ def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestRepo
 
     Raises PoolSchemaError (a required or filtered column is missing or mistyped; the file
     is named), EmptyPoolError (no Parquet files, no rows after filters, or every row
-    skipped) and PoolAccessError (the store cannot be listed).
+    skipped) and PoolAccessError (the store cannot be listed); their messages name `setting`,
+    the setting that named `pool.uri` (the drift monitor reads production frames through this).
     """
     uri = pool.uri
     if not uri:
-        raise ConfigError("pool.uri is not set: name the pool's Parquet path or s3:// prefix")
+        raise ConfigError(f"{setting} is not set: name the Parquet path or s3:// prefix")
     filesystems = Filesystems(env)
-    location = resolve_pool(uri, filesystems)
+    location = resolve_pool(uri, filesystems, setting)
     report.uri = uri
     layout = discover(location)
     if not layout.parts:
         raise EmptyPoolError(
-            f"no *.parquet files under pool URI {uri!r}"
+            f"no *.parquet files under {setting} {uri!r}"
             + (" in the Delta table's current version" if layout.kind.startswith("delta") else "")
             + (
                 f" (files without the .parquet extension, e.g. {layout.not_read[:2]}, are not read: rename them)"
                 if layout.not_read
                 else ""
             )
-            + ": check pool.uri (bucket, prefix or path) and that the pool was written there "
+            + f": check {setting} (bucket, prefix or path) and that the frames were written there "
             "(paths with a folder or name starting with '_' or '.' are ignored)"
         )
     if layout.kind == "file":
@@ -82,7 +85,8 @@ def iter_candidate_batches(pool: PoolConfig, env: RuntimeEnv, report: IngestRepo
     report.files = len(files)
     report.rows_matched = sum(f.rows for f in files)
     if report.rows_matched == 0:
-        raise EmptyPoolError(f"pool {uri!r} has no rows{_filters_text(pool)}: loosen pool filters or check the data")
+        fix = "loosen pool filters or check the data" if _filters_text(pool) else "check the data written there"
+        raise EmptyPoolError(f"{setting} {uri!r} has no rows{_filters_text(pool)}: {fix}")
     threshold = subset_threshold(files, pool)
     report.rows_expected = report.rows_matched if threshold is None else pool.subset_size
     logger.info(

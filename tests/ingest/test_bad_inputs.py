@@ -99,3 +99,25 @@ def test_empty_pools_are_clear_errors(tmp_path):
     (tmp_path / "nothing-here").mkdir()
     with pytest.raises(EmptyPoolError, match=r"no \*\.parquet"):
         _ingest(tmp_path / "nothing-here")
+
+
+def test_errors_name_the_setting_that_named_the_location(tmp_path):
+    # given production frames read through the pool reader (the drift monitor), at a path that does
+    # not exist, an empty folder and an empty file
+    from tasks.config import RuntimeEnv
+    from tasks.ingest import iter_candidate_batches
+
+    setting = "drift.production_uri (--production-uri)"
+    (tmp_path / "empty-folder").mkdir()
+    schema = pa.schema([("id", pa.string()), ("image", pa.binary())])
+    empty_file = _write(tmp_path / "empty" / "part-0.parquet", schema.empty_table())
+    for uri, expected in (
+        (tmp_path / "absent", "does not exist: check drift.production_uri"),
+        (tmp_path / "empty-folder", "check drift.production_uri"),
+        (empty_file, "has no rows: check the data written there"),
+    ):
+        # when each is read, then the message names the production setting, not the pool's
+        with pytest.raises(EmptyPoolError) as caught:
+            next(iter_candidate_batches(PoolConfig(uri=str(uri)), RuntimeEnv(), IngestReport(), setting))
+        message = str(caught.value)
+        assert expected in message and "pool.uri" not in message and "generate the pool" not in message, message
