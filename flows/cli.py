@@ -25,7 +25,7 @@ from pathlib import Path
 import cyclopts
 
 from tasks.config import TailcalConfig, load_for
-from tasks.errors import TailcalError
+from tasks.errors import ConfigError, TailcalError
 from tasks.services import prefect_environment
 
 app = cyclopts.App(
@@ -81,6 +81,14 @@ def _register(command: str, target: Callable, preflight: Callable[[TailcalConfig
     signature_of = getattr(target, "fn", target)  # a flow's own function carries the signature
 
     def run(**kwargs):
+        # cyclopts reads "None"/"null" given as an option's value as None, which here means
+        # "not given": the config's value would run in silence. A value must be a value.
+        nulls = [name for name, value in kwargs.items() if value is None]
+        if nulls:
+            options = ", ".join("--" + name.replace("_", "-") for name in nulls)
+            raise ConfigError(
+                f"{options} given as None/null: give a value, or leave the option out to use the config's"
+            )
         arguments = inspect.signature(signature_of).bind_partial(**kwargs)
         arguments.apply_defaults()
         config_path = arguments.arguments.get("config_path")

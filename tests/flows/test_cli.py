@@ -164,3 +164,11 @@ def test_run_overrides_the_bias_correction_from_the_command_line():
     assert load_for(release_cycle.fn, {"config_path": path}).quantization.bias_correction == "fast"
     config = load_for(release_cycle.fn, {"config_path": path, "bias_correction": "none"})
     assert config.quantization.bias_correction == "none", "--bias-correction none reaches the config"
+
+
+def test_an_option_given_as_none_is_refused_not_read_as_left_out(capsys):
+    # cyclopts reads "None"/"null" as no value, which would run the config's value in silence
+    for argv in (["run", "--k", "None"], ["run", "--bias-correction", "NULL"], ["score", "--subset-size", "none"]):
+        code = main([*argv, "--config", str(ROOT / "configs" / "demo.yaml")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err and "given as None/null" in err[-1] and argv[1] in err[-1], (argv, err)
