@@ -7,6 +7,7 @@ names when it is set.
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 
 # Prefect reads its settings when it is imported, and the package no longer sets them on
@@ -22,6 +23,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect reads its logging settings at import; INFO lines from its temporary server arrive
 # after pytest has closed its capture and print tracebacks, so keep Prefect at WARNING.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+# The Ctrl-C tests (`make ui`, `make gateway`, `make stack`) send SIGINT as a terminal does. A
+# suite started as a background job of a non-interactive shell (`sh -c '… &'`) inherits SIGINT
+# ignored, its children with it, and they would sit through the Ctrl-C: give SIGINT back its
+# default here, so children start with it, however the suite was launched.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
