@@ -65,10 +65,28 @@ def start_run(
 ) -> RunHandle:
     """Create (or reuse) the experiment and open a run in it."""
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_root)
+    experiment_id = _experiment_id(client, experiment, artifact_root)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return RunHandle(tracking_uri, experiment_id, run.info.run_id)
+
+
+def _experiment_id(client: MlflowClient, experiment: str, artifact_root: str | None) -> str:
+    """The experiment's id, creating it when missing. Two runs that start at once (two Prefect
+    workers, a new experiment) may both find it missing: the one whose create loses the race
+    reads the winner's (measured: the second of two release cycles on a new experiment failed
+    with RESOURCE_ALREADY_EXISTS)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, artifact_root)
+    except MlflowException as exc:
+        found = client.get_experiment_by_name(experiment)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return found.experiment_id
 
 
 @contextmanager

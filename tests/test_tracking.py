@@ -236,3 +236,21 @@ def test_config_params_hold_no_webhook_token_and_no_url_password(tmp_path):
     # then the token is not there, the host is
     assert params["budget.webhook_url"] == "https://hooks.example.com/…", params["budget.webhook_url"]
     assert not any("SECRETHOOK" in value for value in params.values()), "the webhook token leaked into params"
+
+
+def test_a_run_that_loses_the_race_to_create_its_experiment_uses_the_winners(data_dir, experiment, client, monkeypatch):
+    # given another process creates the experiment between this run's look-up and its create
+    winner = client.create_experiment(experiment)
+
+    class LateClient(MlflowClient):
+        looked = 0
+
+        def get_experiment_by_name(self, name):
+            LateClient.looked += 1
+            return None if LateClient.looked == 1 else super().get_experiment_by_name(name)
+
+    monkeypatch.setattr(tracking, "MlflowClient", LateClient)
+    # when this run starts, then it joins the winner's experiment instead of failing on RESOURCE_ALREADY_EXISTS
+    handle = tracking.start_run(_sqlite_uri(data_dir), experiment, None, "late", {})
+    assert handle.experiment_id == winner and LateClient.looked == 2, (handle, LateClient.looked)
+    assert client.get_run(handle.run_id).info.experiment_id == winner, "the run is in the existing experiment"
