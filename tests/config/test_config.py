@@ -35,6 +35,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _refusal(tmp_path: Path, text: str) -> str:
+    """The ConfigError message loading `text` raises."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    return str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "release.yaml", "ablation.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(CONFIGS / name)
@@ -98,9 +105,7 @@ def test_secret_in_yaml_is_refused_with_a_pointer_to_the_environment(tmp_path):
 def test_a_check_across_a_section_is_reported_with_the_field_errors_and_without_the_section_dump(tmp_path):
     # given a wrong field in one section and a range that runs past 65535 in another
     text = MINIMAL + "selection:\n  k: 0\nscoring:\n  metrics_port: 65530\n  metrics_ports: 10\n"
-    with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, text))
-    message = str(err.value)
+    message = _refusal(tmp_path, text)
     # then both are named at once, the cross-setting one by its message, not by the whole section's values
     assert "2 invalid setting(s)" in message and "selection.k = 0" in message, message
     assert "scoring: scoring.metrics_port 65530 with metrics_ports 10 runs past port 65535" in message, message
@@ -143,29 +148,20 @@ def test_a_metrics_port_range_past_65535_is_refused_naming_both_settings(tmp_pat
         load_config(write(tmp_path, MINIMAL), {"scoring.metrics_ports": 8})
 
 
-def test_a_yaml_word_read_as_a_boolean_is_named_with_the_fix(tmp_path):
-    # given `bias_correction: no` and `grouping: off`, which YAML 1.1 reads as false
-    text = MINIMAL + "quantization:\n  bias_correction: no\nselection:\n  grouping: off\n"
-    with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, text))
-    message = str(caught.value)
-    # then each is named with what YAML made of it and how to say what was meant
-    assert "quantization.bias_correction = False" in message and "selection.grouping = False" in message, message
-    assert message.count("quote the word you meant") == 2, message
-
-
 def test_a_yaml_boolean_never_becomes_a_number_or_a_path(tmp_path):
     # given `k: yes` (pydantic alone would make it K=1), `max_retries: no` (0) and `data_dir: off`,
     # beside a setting that does take true/false
     text = MINIMAL.replace("gateway:\n", "gateway:\n  max_retries: no\n")
+    # and `bias_correction: no` where a word was meant
     text += "selection:\n  k: yes\ndata:\n  data_dir: off\nevaluation:\n  gap_decomposition: no\n"
-    with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, text))
-    message = str(caught.value)
-    # then each of the three is refused by name, and the boolean setting is not
-    for key in ("selection.k = True", "gateway.max_retries = False", "data.data_dir = False"):
+    text += "quantization:\n  bias_correction: no\n"
+    message = _refusal(tmp_path, text)
+    # then each of the four is refused by name with the fix, and the boolean setting is not
+    keys = ("selection.k = True", "gateway.max_retries = False", "data.data_dir = False")
+    for key in (*keys, "quantization.bias_correction = False"):
         assert f"{key}: YAML reads an unquoted yes, no, on or off" in message, message
-    assert "3 invalid setting(s)" in message and "gap_decomposition" not in message, message
+    assert "4 invalid setting(s)" in message and "gap_decomposition" not in message, message
+    assert message.count("quote the word you meant") == 4, message
 
 
 def test_config_is_frozen(tmp_path):
