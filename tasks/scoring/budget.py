@@ -88,6 +88,8 @@ class Settlement:
 
 @dataclass(frozen=True)
 class LedgerState:
+    """`calls` counts settled requests, unpaid ones (an error answer, a dropped connection) included."""
+
     spent_eur: float
     reserved_eur: float
     calls: int

@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 
 class DeadlineTransport(httpx.AsyncBaseTransport):
     """Sends a request and reads its whole reply within `deadline_s`, or raises httpx.ReadTimeout
-    (which litellm maps to its Timeout error, retried under the Router's timeout policy)."""
+    (which litellm maps to its Timeout error, retried by the scoring loop)."""
 
     def __init__(self, deadline_s: float, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._deadline_s = deadline_s
@@ -62,6 +62,6 @@ def deadline_client(api_base: str, api_key: str, timeout_s: float, deadline_s: f
         api_key=api_key or "none",
         base_url=api_base,
         timeout=timeout_s,
-        max_retries=0,  # the Router owns retries
+        max_retries=0,  # the scoring loop owns retries (tasks/scoring/passes.py)
         http_client=httpx.AsyncClient(transport=transport, timeout=timeout_s, limits=limits),
     )

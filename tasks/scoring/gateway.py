@@ -25,7 +25,7 @@ from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
 from tasks.imaging import for_the_wire
 from tasks.scoring.deadline import deadline_client
-from tasks.scoring.offline_litellm import RetryPolicy, Router, litellm
+from tasks.scoring.offline_litellm import Router, litellm
 from tasks.scoring.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -207,21 +207,14 @@ class GatewayClient:
                         "api_base": api_base,
                         "api_key": api_key,
                         "timeout": config.timeout_s,
-                        "max_retries": 0,  # the Router owns retries, so they are counted once
+                        "max_retries": 0,
                     },
                 }
                 for m in config.models
             ],
-            num_retries=config.max_retries,
-            retry_policy=RetryPolicy(
-                BadRequestErrorRetries=0,
-                AuthenticationErrorRetries=0,
-                ContentPolicyViolationErrorRetries=0,
-                RateLimitErrorRetries=config.max_retries,
-                InternalServerErrorRetries=config.max_retries,
-                TimeoutErrorRetries=config.max_retries,
-            ),
-            fallbacks=[{config.models[0].name: [m.name for m in config.models[1:]]}] if len(config.models) > 1 else [],
+            # No retries or fallbacks here: each request must take its own budget reservation and
+            # rpm slot, so the scoring loop (tasks/scoring/passes.py) sends every one of them.
+            num_retries=0,
             disable_cooldowns=True,  # one deployment per model: a cooldown would fail every call
             timeout=config.timeout_s,
         )
@@ -231,8 +224,8 @@ class GatewayClient:
     def worst_case_cost(self, model: str, image: PreparedImage) -> float:
         """Upper bound on one call's cost, reserved before sending.
 
-        A call to the primary may be served by any model of its fallback chain, so its bound
-        is the most expensive of them.
+        A gateway may serve a call to the primary with another model of `gateway.models` (its
+        own fallback; the reply names it), so the primary's bound is the most expensive of them.
         """
         chain = self._config.models if model == self._config.models[0].name else [self._prices[model]]
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
@@ -260,7 +253,8 @@ class GatewayClient:
         return (input_tokens * price.input_eur_per_mtok + output_tokens * price.output_eur_per_mtok) / 1e6
 
     async def score(self, image: PreparedImage, model: str, seed: int, temperature: float) -> Reply:
-        """One scoring call (with the Router's retries). Raises ReplyError or litellm errors."""
+        """One request to the gateway, not retried (the scoring loop retries). Raises ReplyError or
+        litellm errors."""
         start = time.perf_counter()
         response = await self._router.acompletion(
             model=model,

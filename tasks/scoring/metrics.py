@@ -1,7 +1,7 @@
 """Prometheus metrics for scoring, registered on a registry the caller owns.
 
-A litellm `CustomLogger` counts failed attempts, which is how the Router's retries
-become visible (it retries inside one `acompletion` call).
+A litellm `CustomLogger` counts failed attempts: every request the gateway failed, each
+retry included.
 """
 
 from __future__ import annotations

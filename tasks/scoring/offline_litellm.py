@@ -16,11 +16,10 @@ try:
     import litellm
     from litellm import Router
     from litellm.integrations.custom_logger import CustomLogger
-    from litellm.types.router import RetryPolicy
 finally:
     if _saved is None:
         del os.environ[_SWITCH]
     else:
         os.environ[_SWITCH] = _saved
 
-__all__ = ["CustomLogger", "RetryPolicy", "Router", "litellm"]
+__all__ = ["CustomLogger", "Router", "litellm"]

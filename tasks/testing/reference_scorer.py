@@ -145,11 +145,14 @@ def _completion(
     }
 
 
-def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]]) -> FastAPI:
+def create_app(
+    settings: ScorerSettings, stats: Counter, answered: list[tuple[str, int]], arrivals: list[float] | None = None
+) -> FastAPI:
     """The ASGI app. `stats` counts requests by outcome (plus `in_flight` and its
     `peak_in_flight`, and the `prompt_tokens` and `completion_tokens` of every completion
     returned); `answered` lists (image sha256[:16], seed) for every completion returned,
-    i.e. every call a real provider would bill."""
+    i.e. every call a real provider would bill, a hung one included; `arrivals` gets the
+    `time.monotonic()` of every request received."""
     app = FastAPI(title="tailcal reference scorer (not a VLM)")
     faults = settings.faults
     draw = random.Random(faults.seed)
@@ -174,6 +177,8 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
         body = await request.json()
         with lock:
             stats["requests"] += 1
+            if arrivals is not None:
+                arrivals.append(time.monotonic())
             roll = draw.random()
         if settings.latency_s:
             await asyncio.sleep(settings.latency_s)
@@ -255,7 +260,8 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
             completion_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         elif outcome == "refusal":
             content, refusal = None, REFUSAL_TEXT
-        stats[outcome] += 1
+        if outcome != "hang":  # counted when it began
+            stats[outcome] += 1
         tiles = math.ceil(image.width / IMAGE_TILE) * math.ceil(image.height / IMAGE_TILE)
         prompt_tokens = math.ceil(len(text) / 4) + 85 + 170 * tiles
         model = body.get("model", "reference-vlm")
@@ -273,13 +279,15 @@ def create_app(settings: ScorerSettings, stats: Counter, answered: list[tuple[st
 
 class ReferenceScorer(LoopbackServer):
     """Runs the scorer in a background thread on 127.0.0.1 (an ephemeral port by default).
-    `stats` counts requests by outcome; `answered` lists the (image, seed) pairs billed."""
+    `stats` counts requests by outcome; `answered` lists the (image, seed) pairs billed;
+    `arrivals` the monotonic time of each request."""
 
     def __init__(self, settings: ScorerSettings | None = None, port: int = 0) -> None:
         self.settings = settings or ScorerSettings()
         self.stats: Counter = Counter()
         self.answered: list[tuple[str, int]] = []
-        app = create_app(self.settings, self.stats, self.answered)
+        self.arrivals: list[float] = []
+        app = create_app(self.settings, self.stats, self.answered, self.arrivals)
         super().__init__(app, "reference scorer", port, timeout_keep_alive=30)
 
     @property

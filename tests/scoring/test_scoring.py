@@ -16,6 +16,7 @@ from tasks.scoring.budget import NANO, BudgetLedger, Reservation, to_nano
 from tasks.scoring.cache import phash64
 from tasks.scoring.passes import namespace, score_shard
 from tasks.scoring.prompts import load_template
+from tasks.scoring.ratelimit import slot_interval_s
 from tasks.testing.reference_scorer import FaultPlan, ScorerSettings
 from tests.support import (
     PROMPTS_DIR,
@@ -25,6 +26,7 @@ from tests.support import (
     scoring_config,
     session_for,
     start_scorer,
+    wait_until,
     worker_command,
     worker_env,
     write_config,
@@ -150,13 +152,16 @@ def test_fallback_model_takes_over_when_the_primary_no_longer_fits(redis_client,
     assert session.ledger.state().spent_eur <= 0.01, "the fallback stays within the same cap"
 
 
+PRIMARY_AND_BACKUP = [
+    {"name": "primary-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55},
+    {"name": "backup-vlm", "input_eur_per_mtok": 0.3, "output_eur_per_mtok": 1.2},
+]
+
+
 def test_provider_fallback_serves_when_the_primary_model_is_down(redis_client, pool_dir):
     config = scoring_config(
         gateway={
-            "models": [
-                {"name": "primary-vlm", "input_eur_per_mtok": 0.14, "output_eur_per_mtok": 0.55},
-                {"name": "backup-vlm", "input_eur_per_mtok": 0.3, "output_eur_per_mtok": 1.2},
-            ],
+            "models": PRIMARY_AND_BACKUP,
             "max_retries": 1,
         },
     )
@@ -226,6 +231,54 @@ def test_mixed_faults_account_for_every_candidate_within_budget(redis_client, po
     assert session.ledger.state().spent_eur <= 0.05, "spend stays within the cap"
     paid_cost = sum(to_nano(r.cost_eur) for r in records)
     assert to_nano(session.ledger.state().spent_eur) >= paid_cost, "paid invalid replies are booked too"
+
+
+def test_retries_and_fallbacks_each_take_an_rpm_slot(redis_client, pool_dir):
+    """Half the requests answer 500: every retry and fallback is a request the rpm limit counts."""
+    rpm = 300  # one slot every 61 s / 299 ≈ 0.204 s
+    config = scoring_config(
+        gateway={
+            "models": PRIMARY_AND_BACKUP,
+            "max_retries": 2,
+            "rpm": rpm,
+            "concurrency": 8,
+        }
+    )
+    server = start_scorer(ScorerSettings(faults=FaultPlan(server_error=0.5, seed=2)))
+    try:
+        records = score_shard(session_for(config, redis_client, server.base_url), rows(pool_dir, 0, 12))
+    finally:
+        server.stop()
+    arrivals = sorted(server.arrivals)
+    sent = len(arrivals)
+    assert sent >= 15 and server.stats["server_error"] >= 4, f"retries were sent: {dict(server.stats)}"
+    assert {r.status for r in records} <= {"scored", "cached", "failed"} and len(records) == 12
+    interval = slot_interval_s(rpm)
+    span = arrivals[-1] - arrivals[0]
+    assert span >= (sent - 1) * interval * 0.9, (
+        f"{sent} requests, retries included, in {span:.2f} s: the limit allows one per {interval:.3f} s"
+    )
+
+
+def test_a_timed_out_attempt_is_booked_at_its_worst_case(redis_client, pool_dir):
+    """The provider finishes (and bills) a request the client gave up on: the ledger must not
+    book less than the provider billed, or spend could pass the cap unseen."""
+    config = scoring_config(gateway={"max_retries": 1, "timeout_s": 0.5, "reply_deadline_s": 0.5, "concurrency": 8})
+    server = start_scorer(ScorerSettings(faults=FaultPlan(hang=0.4, hang_s=1.0, seed=4)))
+    try:
+        session = session_for(config, redis_client, server.base_url)
+        records = score_shard(session, rows(pool_dir, 0, 16))
+        assert wait_until(lambda: server.stats["in_flight"] == 0, 10), "the hung requests finished server-side"
+    finally:
+        server.stop()
+    assert server.stats["hang"] >= 4, f"requests hung past the deadline: {dict(server.stats)}"
+    billed = session.gateway.cost("reference-vlm", server.stats["prompt_tokens"], server.stats["completion_tokens"])
+    spent = session.ledger.state().spent_eur
+    assert spent >= billed, f"booked €{spent:.6f}, the provider billed €{billed:.6f}"
+    assert to_nano(spent) == sum(to_nano(r.cost_eur) for r in records), "each candidate's record carries its bookings"
+    assert session.ledger.state().reserved_eur == 0, "every reservation was settled"
+    timed_out = [r for r in records if r.status == "failed"]
+    assert all("booked at their worst-case price" in r.reason for r in timed_out), [r.reason for r in timed_out]
 
 
 def test_rerun_after_kill_9_pays_nothing_for_already_scored_candidates(redis_url, redis_client, pool_dir, tmp_path):

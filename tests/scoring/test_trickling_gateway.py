@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tasks.scoring.budget import to_nano
 from tests.support import rows, scoring_config, session_for
 
 pytestmark = pytest.mark.integration
@@ -112,14 +113,19 @@ def test_a_trickled_reply_is_timed_out_retried_and_recorded_as_failed(part, pool
         took = time.perf_counter() - started
     finally:
         gateway.stop()
-    # then each attempt stopped at the deadline (plus the Router's backoff), not when the trickle ended (~15 s)
+    # then each attempt stopped at the deadline (plus the back-off), not when the trickle ended (~15 s)
     assert took < 12, f"scoring took {took:.1f} s: the {part} trickle was not cut at the deadline"
     assert gateway.requests == 2 * 2, f"each candidate tried twice (one retry): {gateway.requests} requests"
-    # and each candidate is failed with a reason naming the timeout, and nothing is booked
+    # and each candidate is failed with a reason naming the timeout; each of the 4 attempts reached the
+    # gateway, which may bill it, so each is booked at its worst case and nothing stays reserved
     assert [r.status for r in records] == ["failed", "failed"], records
     assert all("timeout" in r.reason.lower() or "timed out" in r.reason.lower() for r in records), records
+    assert all("2 timed-out attempts booked" in r.reason for r in records), [r.reason for r in records]
     state = session.ledger.state()
-    assert state.spent_eur == 0 and state.reserved_eur == 0, f"nothing booked or held: {state}"
+    assert state.calls == 4 and state.reserved_eur == 0, f"four attempts settled, nothing held: {state}"
+    assert state.spent_eur > 0 and to_nano(state.spent_eur) == sum(to_nano(r.cost_eur) for r in records), (
+        f"the records carry what was booked: {state}, {[r.cost_eur for r in records]}"
+    )
 
 
 def test_more_calls_in_flight_than_httpx_pools_by_default_are_all_sent_and_answered(distinct_pool, redis_client):
