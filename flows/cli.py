@@ -89,6 +89,8 @@ def _register(command: str, target: Callable, preflight: Callable[[TailcalConfig
             raise ConfigError(
                 f"{options} given as None/null: give a value, or leave the option out to use the config's"
             )
+        if target is signature_of:  # a plain function, not a flow: it reads what it needs of its config
+            return target(**kwargs)
         arguments = inspect.signature(signature_of).bind_partial(**kwargs)
         arguments.apply_defaults()
         config_path = arguments.arguments.get("config_path")
@@ -96,8 +98,6 @@ def _register(command: str, target: Callable, preflight: Callable[[TailcalConfig
             config = load_for(signature_of, arguments.arguments)  # a bad file or option fails here, before Prefect
             if preflight is not None:
                 preflight(config, config_path)
-        if target is signature_of:  # a plain function, not a flow
-            return target(**kwargs)
         with _prefect_settings(), _user_errors_without_traceback():
             return target(**kwargs)
 

@@ -596,6 +596,31 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ta
     Raises ConfigError naming the file, each invalid key and value, and what is allowed.
     """
     path = Path(path)
+    raw = _read_tree(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return TailcalConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path), set(overrides or {}))) from None
+
+
+def load_serving(path: str | Path) -> ServingConfig:
+    """The `serving` section of a YAML config, alone: the inference service needs no gateway,
+    budget or pool, so a file holding only `serving:` (or a whole release config) will do.
+
+    Raises ConfigError naming the file, each invalid key and value, and what is allowed.
+    """
+    path = Path(path)
+    section = _read_tree(path).get("serving") or {}
+    try:
+        return ServingConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path), prefix=("serving",))) from None
+
+
+def _read_tree(path: Path) -> dict[str, Any]:
+    """A YAML config file's mapping of sections; ConfigError naming the file and the fix otherwise."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -613,12 +638,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ta
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data, pool, gateway, …), got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    try:
-        return TailcalConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path), set(overrides or {}))) from None
+    return raw
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -631,10 +651,13 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(exc: ValidationError, source: str, overridden: set[str] | None = None) -> str:
+def _describe(
+    exc: ValidationError, source: str, overridden: set[str] | None = None, prefix: tuple[str, ...] = ()
+) -> str:
+    """One line per error; `prefix` is the section a section's own model was validated for."""
     lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = [*prefix, *(str(p) for p in err["loc"])]
         key = ".".join(loc) or "<root>"
         if overridden and key in overridden:
             key += " (given as a run parameter, not in the file)"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from tasks.config import ServingConfig, load_config
+from tasks.config import ServingConfig, load_serving, section_with
 from tasks.errors import ConfigError, ServiceError
 from tasks.loopback import LoopbackServer
 
@@ -85,18 +85,19 @@ def serve(
         port: TCP port to listen on.
     """
     _check_listen_address(host, port)
-    config = load_config(config_path).serving if config_path else ServingConfig()
+    config = load_serving(config_path) if config_path else ServingConfig()
     update: dict = {}
     if ir_dir:
         update["ir_dir"] = ir_dir
     tiers = {"int8_ir": int8_ir, "mixed_ir": mixed_ir, "fp16_ir": fp16_ir}
     if any(tiers.values()):
         update |= {"ir_dir": None} | tiers
-    if infer_requests:
+    if infer_requests is not None:  # 0 is a value to refuse, not "not given"
         update["infer_requests_per_tier"] = infer_requests
-    if threads:
+    if threads is not None:
         update["threads_per_request"] = threads
-    config = ServingConfig.model_validate(config.model_dump() | update)
+    source = "the command line (--infer-requests sets serving.infer_requests_per_tier, --threads threads_per_request)"
+    config = section_with(config, source, **update)
     app = build_app(config)
     logger.info("serving on http://%s:%d/v1/detect", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -172,3 +172,18 @@ def test_an_option_given_as_none_is_refused_not_read_as_left_out(capsys):
         code = main([*argv, "--config", str(ROOT / "configs" / "demo.yaml")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err and "given as None/null" in err[-1] and argv[1] in err[-1], (argv, err)
+
+
+def test_serve_reads_only_the_serving_section_and_refuses_zero_counts(tmp_path, capsys):
+    # a serving-only file: no gateway or budget is asked for, the bad serving key is named
+    serving_only = tmp_path / "serving.yaml"
+    serving_only.write_text(yaml.safe_dump({"serving": {"hard_difficulty": 2, "ir_dir": str(tmp_path)}}))
+    code = main(["serve", "--config", str(serving_only)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "serving.hard_difficulty = 2" in err, err
+    assert "gateway" not in err and "budget" not in err, f"serve needs no other section: {err}"
+    # a count of 0 on the command line is refused, not read as "not given"
+    for option in ("--threads", "--infer-requests"):
+        code = main(["serve", "--config", str(ROOT / "configs" / "release.yaml"), option, "0"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and option in err and "greater than or equal to 1" in err, (option, err)
