@@ -181,9 +181,17 @@ def train(
         optimizer.step()
         step += 1
         loss_value = float(loss.detach())
-        if step % settings.log_every == 0:
+        if step == 1 or step % settings.log_every == 0:  # the first step says training has begun
             parts = " ".join(f"{k}={float(v):.3f}" for k, v in losses.items())
-            logger.info("step %d  %.0f s  lr %.2e  loss %.3f (%s)", step, elapsed, lr, loss_value, parts)
+            logger.info(
+                "step %d  %.0f of %.0f s  lr %.2e  loss %.3f (%s)",
+                step,
+                elapsed,
+                settings.budget_s,
+                lr,
+                loss_value,
+                parts,
+            )
         if on_checkpoint and time.perf_counter() - last_checkpoint > checkpoint_every_s:
             on_checkpoint(model, step)
             last_checkpoint = time.perf_counter()
