@@ -8,7 +8,7 @@ module hands it `score_shard.submit` as the way to run a shard, and a progress a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +111,30 @@ def shard_runner(config: TailcalConfig, env: RuntimeEnv, services: ScoringServic
     if config.scoring.runner == "threads":
         yield ShardSubmitter(lambda parameters: score_shard.submit(**parameters), SHARDS_IN_FLIGHT)
         return
-    local = {"Redis": services.redis.embedded, "gateway": config.gateway.url == "embedded"}
-    with dask_runner(config, env, [name for name, here in local.items() if here]) as runner:
+    refuse_services_dask_cannot_reach(config, env, services)
+    with dask_runner(config, env) as runner:
         yield ShardSubmitter(lambda parameters: runner.submit(score_shard, parameters), dask_in_flight(runner))
+
+
+def refuse_services_dask_cannot_reach(config: TailcalConfig, env: RuntimeEnv, services: ScoringServices) -> None:
+    """With `scoring.runner: dask` on a remote scheduler (TAILCAL_DASK_ADDRESS), its workers need the
+    Redis and gateway the run uses: one embedded in this process (the Valkey, the loopback
+    reference scorer) is refused with a ConfigError naming it and the fix. A run and a dry run
+    both check it."""
+    from tasks.errors import ConfigError
+
+    address = env.tailcal_dask_address
+    if config.scoring.runner != "dask" or not address:
+        return
+    local = {"Redis": services.redis.embedded, "gateway": config.gateway.url == "embedded"}
+    embedded = [name for name, here in local.items() if here]
+    if embedded:
+        raise ConfigError(
+            f"scoring.runner: dask with TAILCAL_DASK_ADDRESS={address} needs services its workers can reach, "
+            f"but the {' and '.join(embedded)} here {'are' if len(embedded) > 1 else 'is'} embedded in this "
+            "process: set REDIS_URL and gateway.url to shared servers, or unset TAILCAL_DASK_ADDRESS for a "
+            "local cluster"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,25 +154,15 @@ def dask_in_flight(runner: DaskTaskRunner) -> int:
 
 
 @contextmanager
-def dask_runner(config: TailcalConfig, env: RuntimeEnv, embedded: Sequence[str] = ()) -> Iterator[DaskTaskRunner]:
+def dask_runner(config: TailcalConfig, env: RuntimeEnv) -> Iterator[DaskTaskRunner]:
     """prefect-dask's DaskTaskRunner for `scoring.runner: dask`, started and stopped here: the
     scheduler at TAILCAL_DASK_ADDRESS, else a LocalCluster of `scoring.dask_workers` processes.
-
-    `embedded` names services of this process the tasks need ("Redis", "gateway"); a remote
-    scheduler's workers could not reach them, so that combination is refused (ConfigError)."""
+    (`refuse_services_dask_cannot_reach` checks first that a remote one's workers can reach
+    the services scoring needs.)"""
     from prefect_dask import DaskTaskRunner
-
-    from tasks.errors import ConfigError
 
     address = env.tailcal_dask_address
     if address:
-        if embedded:
-            raise ConfigError(
-                f"scoring.runner: dask with TAILCAL_DASK_ADDRESS={address} needs services its workers can reach, "
-                f"but the {' and '.join(embedded)} here {'are' if len(embedded) > 1 else 'is'} embedded in this "
-                "process: set REDIS_URL and gateway.url to shared servers, or unset TAILCAL_DASK_ADDRESS for a "
-                "local cluster"
-            )
         runner = DaskTaskRunner(address=address)
     else:
         workers = config.scoring.dask_workers
@@ -363,6 +374,7 @@ def score(
         report = IngestReport()
         first = next(shards(iter_candidate_batches(config.pool, env, report), config.scoring.shard_size))
         with scoring_services(config, env) as services:
+            refuse_services_dask_cannot_reach(config, env, services)  # the real run would stop on it
             forecast = forecast_cost(services.session, first, report.rows_expected)
         return ScoringRunSummary(config_path, config.pool.uri, forecast.describe(), dry_run=True)
 

@@ -160,3 +160,17 @@ def test_a_shard_that_failed_with_a_user_error_is_not_retried():
     # then only the transient failure is tried again (twice)
     assert calls.count("refused") == 1, f"a user error is final: {calls}"
     assert calls.count("transient") == 3, f"a transient failure gets its retries: {calls}"
+
+
+def test_a_dry_run_refuses_a_remote_scheduler_the_real_run_would_refuse(config_path, capsys, monkeypatch):
+    # given a remote Dask scheduler while Redis and the gateway are embedded in this process
+    monkeypatch.setenv("TAILCAL_DASK_ADDRESS", "tcp://scheduler.example:8786")
+    dask_config = config_path.parent / "dask.yaml"
+    dask_config.write_text(config_path.read_text().replace("scoring:\n", "scoring:\n  runner: dask\n", 1))
+    # when only the forecast is asked for
+    code = main(["score", "--config", str(dask_config), "--dry-run"])
+    # then it stops as the run would, before a forecast that promises a run that cannot happen
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tailcal:")]
+    assert code == 2 and len(err_lines) == 1, err_lines
+    assert "TAILCAL_DASK_ADDRESS=tcp://scheduler.example:8786" in err_lines[0], err_lines
+    assert "Redis and gateway here are embedded" in err_lines[0], err_lines
