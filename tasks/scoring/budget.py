@@ -8,7 +8,9 @@ litellm's BudgetManager is file-based and not concurrency-safe, hence this modul
 Each reservation is a lease named by the caller's token: retrying a reserve or a settle
 with the same token (a reply lost to a Redis restart) books nothing twice, and a process
 that dies mid-call does not hold its reservations forever: they expire after `lease_s`
-(longer than any call can take), so the next run is not left waiting on a dead process.
+(longer than any call can take), so the next run is not left waiting on a dead process. A
+call waiting for an rpm slot renews its lease while it waits (the queue can be longer than
+any lease), so its room is never handed to another call.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ return {spent, fired}
 """
 
 
+# Extends a held lease by the lease time; 0 when it is gone (expired and purged, or settled).
+# KEYS: lease expiries. ARGV: token, lease ms.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+
 class Reservation(Enum):
     GRANTED = 1
     EXHAUSTED = 0
@@ -124,9 +137,11 @@ class BudgetLedger:
         self.cap_eur = cap_eur
         self._cap = to_nano(cap_eur)
         self._alert_at = to_nano(cap_eur * alert_fraction)
+        self.lease_s = lease_s
         self._lease_ms = round(lease_s * 1000)
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._renew = client.register_script(_RENEW)
 
     def reserve(self, worst_case_eur: float, token: str) -> Reservation:
         """Try to reserve a call's worst-case cost under `token` (unique per call attempt)."""
@@ -134,6 +149,11 @@ class BudgetLedger:
         return Reservation(
             int(self._reserve(keys=keys, args=[to_nano(worst_case_eur), self._cap, token, self._lease_ms]))
         )
+
+    def renew(self, token: str) -> bool:
+        """Extend `token`'s lease by `lease_s` from now, while its call waits (for an rpm slot).
+        False when the lease is gone: it expired, and its room may already be someone else's."""
+        return bool(self._renew(keys=[self._leases], args=[token, self._lease_ms]))
 
     def settle(self, token: str, actual_eur: float) -> Settlement:
         """Release `token`'s reservation and book the actual cost (0 for a call that failed

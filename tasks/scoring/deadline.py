@@ -14,28 +14,79 @@ flight on 2 cores with a 1 s gateway and timeout_s 1.8).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 from openai import AsyncOpenAI
 
 
+@dataclass
+class Wire:
+    """What one request did on the wire, as the transport saw it: whether it left on an open
+    connection, the HTTP status the gateway sent, and whether the whole reply arrived.
+
+    litellm's errors cannot tell these apart: a connect timeout and a read timeout are both a
+    `Timeout`, and a 200 whose body it cannot read or that was cut is an `InternalServerError
+    (HTTP 500)` no server sent. Whether the gateway may have billed the request depends on them.
+
+    `before_send` is awaited right before the request goes out (the rpm slot): taken there, after
+    litellm has built the request, a slow first call (litellm's lazy imports, ~1 s) cannot push
+    a send past its slot, and the deadline does not include the wait. `started` is when it went.
+    """
+
+    before_send: Callable[[], Awaitable[None]] | None = None
+    started: float | None = None
+    sent: bool = False
+    status: int | None = None
+    complete: bool = False
+
+    @property
+    def answered_ok(self) -> bool:
+        """The gateway sent a 2xx: it took the request and (presumably) billed it."""
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def may_be_billed(self) -> bool:
+        """Sent, and not answered with an error status: a 2xx, or no answer (timed out, cut)."""
+        return self.sent and (self.status is None or self.answered_ok)
+
+
+WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("tailcal_wire", default=None)
+
+
 class DeadlineTransport(httpx.AsyncBaseTransport):
     """Sends a request and reads its whole reply within `deadline_s`, or raises httpx.ReadTimeout
-    (which litellm maps to its Timeout error, retried by the scoring loop)."""
+    (which litellm maps to its Timeout error, retried by the scoring loop). Records what
+    happened in the caller's `WIRE` record, when it set one."""
 
     def __init__(self, deadline_s: float, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._deadline_s = deadline_s
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        wire = WIRE.get() or Wire()
+        if wire.before_send is not None:
+            await wire.before_send()
+        wire.started = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline_s):
-                response = await self._inner.handle_async_request(request)
+                try:
+                    response = await self._inner.handle_async_request(request)
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    raise  # no connection: nothing was sent
+                except BaseException:
+                    wire.sent = True  # connected, then failed (or timed out) before a status came back
+                    raise
+                wire.sent, wire.status = True, response.status_code
                 try:
                     await response.aread()  # the body too: trickling is what per-read timeouts miss
                 except BaseException:
                     await response.aclose()
                     raise
+                wire.complete = True
                 return response
         except TimeoutError:
             raise httpx.ReadTimeout(

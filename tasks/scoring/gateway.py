@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
 from tasks.imaging import for_the_wire
-from tasks.scoring.deadline import deadline_client
+from tasks.scoring.deadline import WIRE, deadline_client
 from tasks.scoring.offline_litellm import Router, litellm
 from tasks.scoring.prompts import PromptTemplate
 
@@ -99,6 +99,8 @@ def parse_reply(content: str | None) -> tuple[float, tuple[str, ...]]:
         text = fenced["body"]
     try:
         data = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
+    except RecursionError:
+        raise ReplyError(f"not JSON: nested too deeply to read: {content[:60]!r}") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
             raise ReplyError(
@@ -110,12 +112,17 @@ def parse_reply(content: str | None) -> tuple[float, tuple[str, ...]]:
     difficulty = data.get("difficulty")
     if isinstance(difficulty, bool) or not isinstance(difficulty, int | float):
         raise ReplyError(f"difficulty is not a number: {difficulty!r}")
-    if not math.isfinite(difficulty) or not 0.0 <= difficulty <= 1.0:
-        raise ReplyError(f"difficulty out of range [0, 1]: {difficulty!r}")
+    if not 0.0 <= difficulty <= 1.0:  # NaN and ±inf fail it too; an int too large for a float is compared exactly
+        shown = (
+            repr(difficulty)
+            if len(repr(difficulty)) <= 40
+            else f"{repr(difficulty)[:20]}… ({len(repr(difficulty))} digits)"
+        )
+        raise ReplyError(f"difficulty out of range [0, 1]: {shown}")
     factors = data.get("factors", [])
     if not isinstance(factors, list) or not all(isinstance(f, str) for f in factors):
         raise ReplyError(f"factors is not a list of strings: {factors!r}")
-    return float(difficulty), tuple(factors)
+    return float(difficulty) + 0.0, tuple(factors)  # + 0.0: a "-0.0" is kept as 0.0
 
 
 def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -277,24 +284,28 @@ class GatewayClient:
             max_tokens=self._prices[model].max_output_tokens,
             client=self._client,
         )
-        latency = time.perf_counter() - start
+        wire = WIRE.get()  # from when the request left, not from before its wait for an rpm slot
+        latency = time.perf_counter() - (wire.started if wire is not None and wire.started else start)
         served_by = _served_model(response, model, self._prices)
         usage = getattr(response, "usage", None)
-        input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        if input_tokens > 0:
+        input_tokens = _token_count(getattr(usage, "prompt_tokens", None))
+        output_tokens = _token_count(getattr(usage, "completion_tokens", None))
+        if input_tokens and output_tokens:  # a reply has tokens both ways; litellm reads a missing count as 0
             cost = self.cost(served_by, input_tokens, output_tokens)
         else:
-            # An image call always has input tokens: a reply without usage was still billed.
-            # Booking it at nothing would let spend pass the cap unseen; book the worst case.
+            # An image call always has input and output tokens: a reply without usage (or with counts
+            # that are missing, 0, negative or not whole numbers) was still billed. Booking it at nothing would
+            # let spend pass the cap unseen; book the worst case.
             cost = self.worst_case_cost(served_by, image)
             if not self._warned_no_usage:
                 self._warned_no_usage = True
                 log.warning(
-                    "gateway %s reports no token usage for %s: each call is booked at its worst-case price "
-                    "(€%.6f); spend and the budget cap count that",
+                    "gateway %s reports no usable token usage for %s (prompt_tokens %r, completion_tokens %r): "
+                    "each such call is booked at its worst-case price (€%.6f); spend and the budget cap count that",
                     self.api_base,
                     served_by,
+                    getattr(usage, "prompt_tokens", None),
+                    getattr(usage, "completion_tokens", None),
                     cost,
                 )
         if not response.choices:
@@ -302,22 +313,24 @@ class GatewayClient:
         choice = response.choices[0]
         message = choice.message
         content = message.content
+        # litellm keeps OpenAI's `refusal` among the provider-specific fields
+        refusal = getattr(message, "refusal", None) or (
+            (getattr(message, "provider_specific_fields", None) or {}).get("refusal")
+        )
+        refusal = refusal if isinstance(refusal, str) and refusal.strip() else None
+        finish_reason = getattr(choice, "finish_reason", None)
+        max_tokens = self._prices[model].max_output_tokens
         try:
             # A complete, valid object is kept even when finish_reason is "length": the cut fell
             # after it (trailing whitespace), so no part of the number was lost.
             difficulty, factors = parse_reply(content)
         except ReplyError as exc:
-            # litellm keeps OpenAI's `refusal` among the provider-specific fields
-            refusal = getattr(message, "refusal", None) or (
-                (getattr(message, "provider_specific_fields", None) or {}).get("refusal")
-            )
-            problem = reply_problem(
-                exc,
-                getattr(choice, "finish_reason", None),
-                refusal if isinstance(refusal, str) else None,
-                self._prices[model].max_output_tokens,
-            )
+            problem = reply_problem(exc, finish_reason, refusal, max_tokens)
             raise PaidReplyError(str(problem), cost, served_by, problem.retryable) from None
+        if refusal or finish_reason == "content_filter":
+            # a valid-looking object beside a refusal, or one the provider's filter stopped, is not the model's score
+            problem = reply_problem(ReplyError("refused or filtered"), finish_reason, refusal, max_tokens)
+            raise PaidReplyError(str(problem), cost, served_by, problem.retryable)
         return Reply(difficulty, factors, served_by, input_tokens, output_tokens, cost, latency)
 
 
@@ -348,13 +361,21 @@ def _price_entry(model: ModelPrice) -> dict:
 
 
 def _served_model(response, requested: str, prices: dict[str, ModelPrice]) -> str:
-    """The configured model that answered (a fallback may have served the call)."""
-    hidden = getattr(response, "_hidden_params", {}) or {}
-    group = hidden.get("model_group") or (hidden.get("litellm_model_name") or "").removeprefix("openai/")
-    if group in prices:
-        return group
+    """The configured model that answered: the reply's `model` when it names one of
+    `gateway.models` (a gateway may serve a call with its own fallback, billed at that model's
+    price), else the model requested (providers answer with dated names such as
+    gpt-4o-2024-08-06). litellm's `model_group` is always the name requested, so it is not read."""
     answered = (getattr(response, "model", "") or "").removeprefix("openai/")
     return answered if answered in prices else requested
+
+
+def _token_count(value: object) -> int | None:
+    """A usage count as a whole number ≥ 0, else None (missing, negative, fractional, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    if value != int(value):
+        return None
+    return int(value)
 
 
 def gateway_key(config: GatewayConfig) -> str:

@@ -35,6 +35,7 @@ from tasks.errors import GatewayError, ServiceError
 from tasks.redaction import mask_url
 from tasks.scoring.budget import BudgetLedger, Reservation, ledger_id
 from tasks.scoring.cache import CachedScore, ScoreCache, max_distance_for, phash64
+from tasks.scoring.deadline import WIRE, Wire
 from tasks.scoring.gateway import GatewayClient, PaidReplyError, PreparedImage, prepare_image, server_message
 from tasks.scoring.metrics import AttemptLogger, ScoringMetrics
 from tasks.scoring.offline_litellm import litellm
@@ -50,6 +51,7 @@ REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, th
 # without sending, and a run started later begins with a fresh count.
 STOP_HOLD_S = 60.0
 RESERVE_WAIT_S = 0.05
+RESERVE_WAIT_LOG_S = 10.0
 # A Redis restart (or failover) shorter than this is ridden out; a longer outage stops the
 # shard with a ServiceError. Work already paid is settled, cached and in the shard logs.
 REDIS_OUTAGE_S = 30.0
@@ -364,7 +366,7 @@ async def _call(
     booked_eur = 0.0  # attempts that got no score but were (or may have been) billed
     models = session.models_in_order()
     max_retries = session.setup.gateway.max_retries
-    model_index = retries = invalid_replies = timeouts = 0
+    model_index = retries = invalid_replies = uncertain = 0
     streak = _error_streak(session)
     limit = session.setup.gateway.max_identical_errors
     while True:
@@ -383,8 +385,12 @@ async def _call(
             return ScoreRecord(
                 candidate_id, pass_index, "unscored", None, cost_eur=booked_eur, reason="budget exhausted"
             )
-        await session.limiter.acquire()
         seed = session.setup.scoring.base_seed + pass_index
+        # The rpm slot is taken as the request leaves (see Wire). The wait for it can outlast the
+        # reservation's lease: it is renewed while waiting.
+        keep_alive = partial(_renew_lease, session, token)
+        wire = Wire(before_send=partial(session.limiter.acquire, keep_alive, session.ledger.lease_s / 3))
+        wire_token = WIRE.set(wire)
         try:
             reply = await session.gateway.score(image, model, seed, session.setup.scoring.temperature)
         except PaidReplyError as exc:
@@ -401,11 +407,23 @@ async def _call(
                 candidate_id, pass_index, "failed", None, model=exc.model, cost_eur=booked_eur, reason=reason
             )
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
-            timed_out = _timed_out(exc)
-            charge = worst if timed_out else 0.0
+            # Sent and not refused with an error status (timed out, cut, or a 2xx litellm could not
+            # read): the provider may have billed it, so it is booked at its worst case.
+            charge = worst if wire.may_be_billed else 0.0
             await _settle(session, token, worst, charge, model)
             booked_eur += charge
-            timeouts += timed_out
+            uncertain += charge > 0
+            if wire.answered_ok and wire.complete:  # the same gateway will send the same kind of body again
+                invalid_replies += 1
+                reason = _unreadable(exc, wire, session.gateway.redact)
+                log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, invalid_replies)
+                if invalid_replies < REPLY_ATTEMPTS:
+                    continue
+                session.metrics.requests.labels(model=model, outcome="failed").inc()
+                streak.failed("unreadable reply", reason, limit, UNREADABLE_FIX, session.gateway.api_base)
+                return ScoreRecord(
+                    candidate_id, pass_index, "failed", None, model=model, cost_eur=booked_eur, reason=reason
+                )
             if _retryable(exc) and retries < max_retries:
                 retries += 1
                 await asyncio.sleep(_back_off_s(exc, retries, max_retries))
@@ -415,14 +433,26 @@ async def _call(
                 model_index, retries = model_index + 1, 0
                 continue
             session.metrics.requests.labels(model=model, outcome="failed").inc()
-            reason = _describe(exc, session.gateway.redact)
-            if timeouts:
-                reason += f" ({timeouts} timed-out attempts booked at their worst-case price, €{booked_eur:.6f} in all)"
-            if _final(exc):
+            # a 2xx cut short by the gateway (a deadline that cut it is a timeout, described as one)
+            cut = wire.answered_ok and not _timed_out(exc)
+            reason = _unreadable(exc, wire, session.gateway.redact) if cut else _describe(exc, session.gateway.redact)
+            if uncertain:
+                reason += (
+                    f" ({uncertain} attempts the gateway may have billed booked at their worst-case price, "
+                    f"€{booked_eur:.6f} in all)"
+                )
+            if _final(exc) and not wire.answered_ok:
                 streak.failed(_kind(exc), reason, limit, _fix_for(exc, session.setup.gateway), session.gateway.api_base)
             return ScoreRecord(
                 candidate_id, pass_index, "failed", None, model=model, cost_eur=booked_eur, reason=reason
             )
+        except Exception:
+            # not a gateway failure tailcal knows: settle the attempt before it propagates, so no
+            # reservation is left held and a request that may have been billed is booked
+            await _settle(session, token, worst, worst if wire.may_be_billed else 0.0, model)
+            raise
+        finally:
+            WIRE.reset(wire_token)
         streak.scored()
         await _settle(session, token, worst, reply.cost_eur, reply.model)
         session.metrics.latency.labels(model=reply.model).observe(reply.latency_s)
@@ -439,6 +469,23 @@ async def _call(
             reply.cost_eur + booked_eur,
             reply.latency_s,
         )
+
+
+UNREADABLE_FIX = (
+    "The gateway answers 2xx with bodies that are not OpenAI chat completions as litellm reads them: check that "
+    "gateway.url is the gateway's OpenAI-compatible base (…/v1) and what it sends."
+)
+
+
+def _unreadable(exc: Exception, wire: Wire, redact: Callable[[str], str]) -> str:
+    """A failure reason for a 2xx reply litellm raised on (it reports it as an HTTP 500 no server sent)."""
+    if not wire.complete:
+        return f"reply cut: the gateway answered HTTP {wire.status} and closed the connection before the reply's end"
+    message = (server_message(exc) or type(exc).__name__).split("Traceback", 1)[0].strip()
+    return (
+        f"unreadable reply: the gateway answered HTTP {wire.status} with a body litellm could not read "
+        f"({redact(message)})"
+    )
 
 
 def _retryable(exc: Exception) -> bool:
@@ -464,12 +511,38 @@ def _back_off_s(exc: Exception, retry: int, max_retries: int) -> float:
     )
 
 
+def _renew_lease(session: ScoringSession, token: str) -> None:
+    """Keep a waiting call's reservation alive; a Redis blip here is left to the next renewal."""
+    try:
+        if not session.ledger.renew(token):
+            log.warning("a reservation's lease expired while its call waited for an rpm slot (event loop stalled?)")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("could not renew a reservation's lease (%s); retrying at the next renewal", exc.__class__.__name__)
+
+
 async def _reserve(session: ScoringSession, worst_eur: float, token: str) -> Reservation:
-    """Reserve, waiting while only in-flight reservations (not settled spend) block the call."""
+    """Reserve, waiting while only in-flight reservations (not settled spend) block the call.
+    A wait longer than RESERVE_WAIT_LOG_S says what it waits on (a process killed while holding
+    reservations holds them until their leases expire)."""
+    started = time.monotonic()
+    said = False
     while True:
         reservation = await _ride_out(partial(session.ledger.reserve, worst_eur, token), "reserving budget")
         if reservation is not Reservation.WAIT:
             return reservation
+        if not said and time.monotonic() - started > RESERVE_WAIT_LOG_S:
+            said = True
+            state = session.ledger.state()
+            log.warning(
+                "waiting for budget: €%.6f spent and €%.6f reserved by calls in flight leave no room for a call "
+                "(€%.6f) under the €%.6g cap; reservations of a process that died are freed when their lease "
+                "ends (%.0f s after they were taken)",
+                state.spent_eur,
+                state.reserved_eur,
+                worst_eur,
+                session.ledger.cap_eur,
+                session.ledger.lease_s,
+            )
         await asyncio.sleep(RESERVE_WAIT_S)
 
 
@@ -552,7 +625,13 @@ def _describe(exc: Exception, redact: Callable[[str], str]) -> str:
 
 
 def _timed_out(exc: BaseException) -> bool:
-    return isinstance(exc, openai.APITimeoutError | TimeoutError | httpx.TimeoutException)
+    """The gateway took the request and did not answer in time (a connect timeout is not one:
+    nothing was sent, see `_unreachable`)."""
+    return isinstance(exc, openai.APITimeoutError | TimeoutError | httpx.TimeoutException) and not _never_connected(exc)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    return any(isinstance(c, httpx.ConnectError | httpx.ConnectTimeout) for c in _causes(exc))
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -571,6 +650,8 @@ def _unreachable(exc: Exception) -> bool:
     server sent; the exceptions it was raised from say what happened. A timeout is not one:
     a slow gateway is not a missing one (openai's APITimeoutError is an APIConnectionError).
     """
+    if _never_connected(exc):  # refused, or no connection within gateway.timeout_s
+        return True
     causes = _causes(exc)
     connection = (openai.APIConnectionError, httpx.TransportError, ConnectionError)
     return any(isinstance(c, connection) for c in causes) and not any(_timed_out(c) for c in causes)

@@ -150,5 +150,5 @@ def test_a_gateway_that_reports_no_usage_is_booked_at_the_worst_case_and_the_cap
     assert paid and all(r.cost_eur > 0 for r in paid), f"no call is free: {[r.cost_eur for r in paid]}"
     assert any(r.status == "unscored" for r in records), f"the cap binds: {Counter(r.status for r in records)}"
     assert session.ledger.state().spent_eur <= 0.0005 + 1e-12, "spend stays within the cap"
-    warnings = [r.message for r in caplog.records if "reports no token usage" in r.getMessage()]
+    warnings = [r.message for r in caplog.records if "reports no usable token usage" in r.getMessage()]
     assert len(warnings) == 1, f"one warning says why calls are booked at the worst case: {warnings}"
