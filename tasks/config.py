@@ -612,9 +612,14 @@ def load_serving(path: str | Path) -> ServingConfig:
     Raises ConfigError naming the file, each invalid key and value, and what is allowed.
     """
     path = Path(path)
-    section = _read_tree(path).get("serving") or {}
+    tree = _read_tree(path)
+    unknown = sorted(str(key) for key in tree if key not in TailcalConfig.model_fields)
+    if unknown:  # a misspelt `servng:` would otherwise serve the defaults in silence
+        sections = ", ".join(sorted(TailcalConfig.model_fields))
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}. Sections: {sections}.")
+    section = tree.get("serving")
     try:
-        return ServingConfig.model_validate(section)
+        return ServingConfig.model_validate({} if section is None else section)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(path), prefix=("serving",))) from None
 

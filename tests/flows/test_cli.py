@@ -182,6 +182,13 @@ def test_serve_reads_only_the_serving_section_and_refuses_zero_counts(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "serving.hard_difficulty = 2" in err, err
     assert "gateway" not in err and "budget" not in err, f"serve needs no other section: {err}"
+    # a misspelt section, or a serving section that is not a mapping, is refused, not served as the defaults
+    for name, tree in {"typo": {"servng": {"default_tier": "int8"}}, "list": {"serving": []}}.items():
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(yaml.safe_dump(tree))
+        code = main(["serve", "--config", str(bad), "--ir-dir", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and str(bad) in err and ("servng" in err or "serving" in err), (name, err)
     # a count of 0 on the command line is refused, not read as "not given"
     for option in ("--threads", "--infer-requests"):
         code = main(["serve", "--config", str(ROOT / "configs" / "release.yaml"), option, "0"])
