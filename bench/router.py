@@ -13,7 +13,8 @@ the router chose. Goal: routed mAP within 0.2 (mAP points) of all-FP16 at ≥ 1.
 throughput. The tiers are a release run's IRs (default: the newest
 data/demo/mlartifacts/*/artifacts/ir holding both), or, with --architecture and --checkpoint,
 IRs built here from a `tailcal train-detector` checkpoint the demo's way: the FP16 IR exported,
-then INT8 quantized (MEAN_MINMAX) on a hard_tail_mix selection of K frames of --calib-dir
+then INT8 quantized with the demo's recipe (configs/demo.yaml's range estimator and bias
+correction, or --range-estimator / --bias-correction) on a hard_tail_mix selection of K frames of --calib-dir
 scored with the difficulty the demo's reference scorer and the router use (`tasks.difficulty`);
 they are kept in --out-dir and reused while newer than the checkpoint.
 
@@ -218,7 +219,9 @@ def family_irs(args) -> Path:
         checkpoint=str(args.checkpoint),
     )
     size = input_size_of(detector)
-    out_dir = args.out_dir or Path("data/router") / f"{args.architecture}-{size}"
+    recipe = QuantizationConfig(range_estimator=args.range_estimator, bias_correction=args.bias_correction)
+    name = f"{args.architecture}-{size}-{args.range_estimator}-{args.bias_correction}"
+    out_dir = args.out_dir or Path("data/router") / name
     fp16_xml, int8_xml = out_dir / "detector_fp16.xml", out_dir / "detector_int8.xml"
     built = min((x.stat().st_mtime for x in (fp16_xml, int8_xml) if x.exists()), default=0.0)
     if fp16_xml.exists() and int8_xml.exists() and built > args.checkpoint.stat().st_mtime:
@@ -230,8 +233,11 @@ def family_irs(args) -> Path:
     say(f"exported {args.architecture} at {size} px from {args.checkpoint} in {exported.wall_s:.1f} s")
     calibration, note = calibration_selection(args.calib_dir, args.pool_size, args.k)
     started = time.perf_counter()
-    quantize_ir(exported.xml_path, calibration, QuantizationConfig(range_estimator="MEAN_MINMAX"), out_dir)
-    say(f"quantized in {time.perf_counter() - started:.1f} s on {note}")
+    quantize_ir(exported.xml_path, calibration, recipe, out_dir)
+    say(
+        f"quantized ({args.range_estimator}, bias correction {args.bias_correction}) in "
+        f"{time.perf_counter() - started:.1f} s on {note}"
+    )
     return out_dir
 
 
@@ -263,6 +269,7 @@ def threshold_sweep(rows: dict[str, dict], common: set[int], coco: dict, categor
 
 
 def main() -> None:
+    from tasks.config import load_config
     from tasks.detection.families import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,7 +281,25 @@ def main() -> None:
     parser.add_argument("--calib-dir", type=Path, default=Path("data/detector-train"), help="pool to calibrate on")
     parser.add_argument("--pool-size", type=int, default=2000, help="first N frames of --calib-dir form the pool")
     parser.add_argument("--k", type=int, default=256, help="calibration frames (the demo's selection.k)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="built IRs (default data/router/<family>-<size>)")
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").quantization
+    parser.add_argument(
+        "--range-estimator",
+        default=demo.range_estimator,
+        choices=["MINMAX", "MEAN_MINMAX"],
+        help="with --architecture (default: the demo's)",
+    )
+    parser.add_argument(
+        "--bias-correction",
+        default=demo.bias_correction,
+        choices=["fast", "none"],
+        help="with --architecture (default: the demo's)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="built IRs (default data/router/<family>-<size>-<estimator>-<bias correction>)",
+    )
     parser.add_argument("--eval-dir", type=Path, default=Path("data/demo/eval"))
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
