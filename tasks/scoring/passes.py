@@ -356,9 +356,11 @@ async def _call(
     - Retried, up to `gateway.max_retries` per model, after litellm's own back-off
       (`calculate_retry_after`, which honours `Retry-After`): timeouts, 429, 408/409, 5xx, an
       unreachable gateway. Then the next model of `gateway.models`, if any. Other 4xx are not.
-    - A timed-out request reached the gateway, which may have been billed for it: it is booked
-      at its worst-case price, so the cap holds whatever the provider did.
-    - Prose, invalid JSON or an out-of-range score (billed) is asked once more.
+    - A request that reached the gateway and got no error status back (timed out, cut mid-body,
+      a 2xx litellm cannot read) may have been billed: it is booked at its worst-case price, so
+      the cap holds whatever the provider did. One never sent (refused, no connection) books nothing.
+      What happened on the wire comes from the transport (`Wire`), not from litellm's error.
+    - Prose, invalid JSON, an out-of-range score or an unreadable 2xx is asked once more.
 
     Redis calls here are sub-millisecond on loopback, so they run inline rather than paying a
     thread hop each.
