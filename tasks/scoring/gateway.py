@@ -113,11 +113,8 @@ def parse_reply(content: str | None) -> tuple[float, tuple[str, ...]]:
     if isinstance(difficulty, bool) or not isinstance(difficulty, int | float):
         raise ReplyError(f"difficulty is not a number: {difficulty!r}")
     if not 0.0 <= difficulty <= 1.0:  # NaN and ±inf fail it too; an int too large for a float is compared exactly
-        shown = (
-            repr(difficulty)
-            if len(repr(difficulty)) <= 40
-            else f"{repr(difficulty)[:20]}… ({len(repr(difficulty))} digits)"
-        )
+        text = repr(difficulty)
+        shown = text if len(text) <= 40 else f"{text[:20]}… ({len(text)} digits)"
         raise ReplyError(f"difficulty out of range [0, 1]: {shown}")
     factors = data.get("factors", [])
     if not isinstance(factors, list) or not all(isinstance(f, str) for f in factors):
@@ -324,12 +321,12 @@ class GatewayClient:
             # A complete, valid object is kept even when finish_reason is "length": the cut fell
             # after it (trailing whitespace), so no part of the number was lost.
             difficulty, factors = parse_reply(content)
+            unparsed = None
         except ReplyError as exc:
-            problem = reply_problem(exc, finish_reason, refusal, max_tokens)
-            raise PaidReplyError(str(problem), cost, served_by, problem.retryable) from None
-        if refusal or finish_reason == "content_filter":
-            # a valid-looking object beside a refusal, or one the provider's filter stopped, is not the model's score
-            problem = reply_problem(ReplyError("refused or filtered"), finish_reason, refusal, max_tokens)
+            unparsed = exc
+        # a valid-looking object beside a refusal, or one the provider's filter stopped, is not the model's score
+        if unparsed or refusal or finish_reason == "content_filter":
+            problem = reply_problem(unparsed or ReplyError("refused or filtered"), finish_reason, refusal, max_tokens)
             raise PaidReplyError(str(problem), cost, served_by, problem.retryable)
         return Reply(difficulty, factors, served_by, input_tokens, output_tokens, cost, latency)
 
@@ -371,11 +368,9 @@ def _served_model(response, requested: str, prices: dict[str, ModelPrice]) -> st
 
 def _token_count(value: object) -> int | None:
     """A usage count as a whole number ≥ 0, else None (missing, negative, fractional, text)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    if value != int(value):
-        return None
-    return int(value)
+    return int(value) if value >= 0 and value == int(value) else None
 
 
 def gateway_key(config: GatewayConfig) -> str:

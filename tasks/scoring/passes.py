@@ -371,6 +371,18 @@ async def _call(
     model_index = retries = invalid_replies = uncertain = 0
     streak = _error_streak(session)
     limit = session.setup.gateway.max_identical_errors
+
+    def ask_again(reason: str, retryable: bool = True) -> bool:
+        """A paid reply that did not parse: whether to ask once more."""
+        nonlocal invalid_replies
+        invalid_replies += 1
+        log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, invalid_replies)
+        return retryable and invalid_replies < REPLY_ATTEMPTS
+
+    def failed(model: str, reason: str) -> ScoreRecord:
+        session.metrics.requests.labels(model=model, outcome="failed").inc()
+        return ScoreRecord(candidate_id, pass_index, "failed", None, model=model, cost_eur=booked_eur, reason=reason)
+
     while True:
         streak.check()  # a stopped gateway is sent nothing more
         model = models[model_index]
@@ -398,16 +410,11 @@ async def _call(
         except PaidReplyError as exc:
             await _settle(session, token, worst, exc.cost_eur, exc.model)
             booked_eur += exc.cost_eur
-            invalid_replies += 1
             reason = f"invalid reply: {exc}"
-            log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, invalid_replies)
-            if exc.retryable and invalid_replies < REPLY_ATTEMPTS:
+            if ask_again(reason, exc.retryable):
                 continue
-            session.metrics.requests.labels(model=exc.model, outcome="failed").inc()
             streak.failed(reason, reason, limit, _fix_for(None, session.setup.gateway), session.gateway.api_base)
-            return ScoreRecord(
-                candidate_id, pass_index, "failed", None, model=exc.model, cost_eur=booked_eur, reason=reason
-            )
+            return failed(exc.model, reason)
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
             # Sent and not refused with an error status (timed out, cut, or a 2xx litellm could not
             # read): the provider may have billed it, so it is booked at its worst case.
@@ -416,16 +423,11 @@ async def _call(
             booked_eur += charge
             uncertain += charge > 0
             if wire.answered_ok and wire.complete:  # the same gateway will send the same kind of body again
-                invalid_replies += 1
                 reason = _unreadable(exc, wire, session.gateway.redact)
-                log.info("%s pass %d: %s (attempt %d)", candidate_id, pass_index, reason, invalid_replies)
-                if invalid_replies < REPLY_ATTEMPTS:
+                if ask_again(reason):
                     continue
-                session.metrics.requests.labels(model=model, outcome="failed").inc()
                 streak.failed("unreadable reply", reason, limit, UNREADABLE_FIX, session.gateway.api_base)
-                return ScoreRecord(
-                    candidate_id, pass_index, "failed", None, model=model, cost_eur=booked_eur, reason=reason
-                )
+                return failed(model, reason)
             if _retryable(exc) and retries < max_retries:
                 retries += 1
                 await asyncio.sleep(_back_off_s(exc, retries, max_retries))
@@ -434,7 +436,6 @@ async def _call(
                 log.info("%s pass %d: %s failed %d times; falling back", candidate_id, pass_index, model, retries + 1)
                 model_index, retries = model_index + 1, 0
                 continue
-            session.metrics.requests.labels(model=model, outcome="failed").inc()
             # a 2xx cut short by the gateway (a deadline that cut it is a timeout, described as one)
             cut = wire.answered_ok and not _timed_out(exc)
             reason = _unreadable(exc, wire, session.gateway.redact) if cut else _describe(exc, session.gateway.redact)
@@ -445,9 +446,7 @@ async def _call(
                 )
             if _final(exc) and not wire.answered_ok:
                 streak.failed(_kind(exc), reason, limit, _fix_for(exc, session.setup.gateway), session.gateway.api_base)
-            return ScoreRecord(
-                candidate_id, pass_index, "failed", None, model=model, cost_eur=booked_eur, reason=reason
-            )
+            return failed(model, reason)
         except Exception:
             # not a gateway failure tailcal knows: settle the attempt before it propagates, so no
             # reservation is left held and a request that may have been billed is booked
