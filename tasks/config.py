@@ -455,6 +455,16 @@ class ServingConfig(_Strict):
     threads_per_request: int | None = Field(None, ge=1, le=256, description="INFERENCE_NUM_THREADS; unset: auto.")
     max_image_bytes: int = Field(8 * 2**20, ge=1)
     max_image_pixels: int = Field(16_000_000, ge=1)
+    min_score: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Answer only detections scoring at or above this. The decoders keep what mAP needs (≥ 0.001 for "
+        "exported YOLO layouts, the family's own score_thresh for torchvision's), below what an application acts on.",
+    )
+    max_detections: int | None = Field(
+        None, ge=1, description="Answer at most this many detections per image, highest scores first; unset: all kept."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ServingConfig:

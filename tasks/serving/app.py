@@ -24,7 +24,7 @@ from tasks.config import ServingConfig
 from tasks.detection.labels import Categories
 from tasks.detection.postprocess import Detections
 from tasks.difficulty import assess
-from tasks.imaging import decode_rgb
+from tasks.imaging import ImageDecodeError, decode_rgb
 from tasks.serving.engines import Engine
 from tasks.serving.metrics import ServingMetrics
 from tasks.serving.routing import LatencyTracker, RoutingError, choose_tier, next_higher, ordered
@@ -72,7 +72,10 @@ def _decode(body: bytes, config: ServingConfig) -> np.ndarray:
         raise RequestError(400, f"could not decode the image ({exc.__class__.__name__}): send JPEG or PNG") from None
     if width * height > config.max_image_pixels:
         raise RequestError(413, f"image is {width}×{height}, above {config.max_image_pixels} pixels")
-    return decode_rgb(body)
+    try:  # the header probe above reads no pixels: a cut or unsupported body fails only here
+        return decode_rgb(body)
+    except ImageDecodeError as exc:
+        raise RequestError(400, f"could not decode the image: {exc}") from None
 
 
 class Router:
@@ -128,6 +131,15 @@ class Router:
         return Served(tier, decision.reason, difficulty, fallback_from, detections, service_ms)
 
 
+def answered(detections: Detections, min_score: float, max_detections: int | None) -> Detections:
+    """The detections a request is answered with: score ≥ `min_score`, then the `max_detections`
+    highest-scoring (all when None), highest first. Routing never reads this cut: it applies to
+    the answer only (`serving.min_score`, `serving.max_detections`)."""
+    order = np.argsort(-detections.scores, kind="stable")
+    order = order[detections.scores[order] >= min_score][:max_detections]
+    return Detections(detections.boxes[order], detections.scores[order], detections.labels[order])
+
+
 def create_app(
     engines: Mapping[str, Engine],
     config: ServingConfig,
@@ -138,7 +150,8 @@ def create_app(
 
     Each detection is `{"box": [x1, y1, x2, y2] in the image's own pixels, "score", "label"}`
     (label: the detector's 0-based class index), plus `"category_id"` and `"category"` (the
-    COCO id and name evaluation scored it as) when `categories` is given.
+    COCO id and name evaluation scored it as) when `categories` is given; highest score first,
+    cut by `config.min_score` and `config.max_detections`.
     """
     metrics = ServingMetrics.create()
     router = Router(engines, config, metrics)
@@ -156,7 +169,7 @@ def create_app(
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         metrics.request_seconds.labels(served.tier).observe(time.perf_counter() - started)
-        det = served.detections
+        det = answered(served.detections, config.min_score, config.max_detections)
         body = {
             "tier": served.tier,
             "reason": served.reason,

@@ -175,3 +175,63 @@ def test_top_tier_failure_is_a_503_and_bad_headers_a_400():
     assert sum(engine.calls for engine in engines.values()) > calls, (
         f"any image size reaches the tiers (each fits it to its input), no 422: {other_size.text}"
     )
+
+
+class ManyBoxes:
+    """Answers five boxes in an order that is not by score, as a decoder may."""
+
+    input_size = 32
+    scores = np.array([0.3, 0.05, 0.9, 0.001, 0.6], np.float32)
+
+    def infer(self, image):
+        boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+        return Detections(boxes, self.scores, np.arange(5))
+
+
+@pytest.mark.parametrize(
+    ("min_score", "max_detections", "scores"),
+    [
+        (0.0, None, [0.9, 0.6, 0.3, 0.05, 0.001]),
+        (0.3, None, [0.9, 0.6, 0.3]),
+        (0.0, 2, [0.9, 0.6]),
+        (0.5, 4, [0.9, 0.6]),
+        (0.95, None, []),
+    ],
+)
+def test_answer_is_cut_by_min_score_and_max_detections_highest_first(min_score, max_detections, scores):
+    # given a tier that finds five boxes, when serving cuts by score and count, then the answer keeps the best ones
+    config = CONFIG.model_copy(update={"min_score": min_score, "max_detections": max_detections})
+    body = TestClient(create_app({"fp16": ManyBoxes()}, config)).post("/v1/detect", content=_png()).json()
+    assert [d["score"] for d in body["detections"]] == pytest.approx(scores), body["detections"]
+    for d in body["detections"]:
+        label = d["label"]
+        assert d["box"] == [4.0 * label + i for i in range(4)], f"box and label stay together: {d}"
+
+
+@pytest.mark.parametrize(("key", "value"), [("min_score", 1.5), ("min_score", -0.1), ("max_detections", 0)])
+def test_config_refuses_cuts_outside_their_range(key, value):
+    with pytest.raises(ValidationError, match=key):
+        ServingConfig(**{key: value})
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_encoded(Image.new("RGB", (400, 300), "grey"), "JPEG")[:400], id="JPEG cut after its header"),
+        pytest.param(_encoded(Image.new("RGB", (400, 300), "grey"), "PNG")[:200], id="PNG cut after its header"),
+        pytest.param(_encoded(Image.new("F", (40, 30), 200.0), "TIFF"), id="float TIFF"),
+    ],
+)
+def test_an_image_whose_header_reads_but_pixels_do_not_is_a_400_not_a_500(body):
+    engine = FakeEngine()
+    response = TestClient(create_app({"fp16": engine}, CONFIG), raise_server_exceptions=False).post(
+        "/v1/detect", content=body
+    )
+    assert response.status_code == 400, f"{response.status_code}: {response.text}"
+    assert "could not decode the image" in response.json()["error"] and engine.calls == 0, response.text

@@ -135,3 +135,18 @@ def test_detections_carry_the_category_id_and_name_of_the_release(ir_dir, config
     # and a configured categories file that is missing is refused by name
     with pytest.raises(ServingError, match=r"serving\.categories .*nope\.json does not exist"):
         build_app(config.model_copy(update={"categories": tmp_path / "nope.json"}))
+
+
+def test_min_score_and_max_detections_cut_what_the_real_tier_answers(engines, config, images):
+    # given the demo's fp16 IR, when served with a score floor and a count cap, then the answer is the IR's best boxes
+    files, decoded = images
+    direct = engines["fp16"].infer(decoded[0])
+    floor = float(np.sort(direct.scores)[-3])  # the third-best score: three boxes pass (no ties in float32 here)
+    cut = config.model_copy(update={"default_tier": "fp16", "min_score": floor, "max_detections": 2})
+    app = create_app(engines, cut)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+        detections = client.post("/v1/detect", content=files[0], headers={"X-Priority": "10"}).json()["detections"]
+    best = np.argsort(-direct.scores)[:2]
+    assert len(direct.scores) > 3 and len(detections) == 2, f"{len(direct.scores)} found, {len(detections)} answered"
+    np.testing.assert_allclose([d["box"] for d in detections], direct.boxes[best], atol=0.01)
+    assert [d["label"] for d in detections] == direct.labels[best].tolist()
