@@ -38,7 +38,31 @@ import pytest
 
 KINDS = ("unit", "integration", "e2e", "reliability")
 REDIS_TARGETS = ["embedded"] + (["redis_url"] if os.environ.get("REDIS_URL") else [])
-TEST_DB = 15  # a shared Redis named by REDIS_URL: tests use (and flush) database 15 only
+
+
+def _claim_test_db() -> int:
+    """A database of the shared Redis server that no other test run on this machine holds.
+
+    Tests flush the database they use. Two suites running at once on one machine (a CI run
+    beside a developer's run) used to share database 15 and flush each other's data; each run
+    now holds an exclusive flock on one of databases 15 down to 8 until it exits.
+    """
+    import fcntl
+
+    for db in range(15, 7, -1):
+        handle = open(Path(tempfile.gettempdir()) / f"tailcal-tests-redis-db-{db}.lock", "a")  # noqa: SIM115 — held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held_locks.append(handle)  # released when the run exits
+        return db
+    raise RuntimeError("databases 8–15 of REDIS_URL's server are each held by another test run on this machine")
+
+
+_held_locks: list = []
+TEST_DB = _claim_test_db()  # the database of REDIS_URL's server this run uses (and flushes), and no other
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -73,7 +97,7 @@ def redis_env(request, monkeypatch):
 
 @pytest.fixture
 def redis_url(redis_env, tmp_path):
-    """A flushed Redis database: embedded Valkey, or database 15 of REDIS_URL's server."""
+    """A flushed Redis database: embedded Valkey, or database TEST_DB of REDIS_URL's server."""
     import redis
 
     from tasks.services import redis_service

@@ -73,7 +73,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     config = _config(tmp, free_port(), free_port(), f"stack-vlm-{secrets.token_hex(4)}")
     ports = StackPorts(prefect=free_port(), mlflow=free_port(), s3=free_port(), prometheus=free_port())
-    # REDIS_URL's server (CI sets it), else the one on :6379, else the embedded Valkey; tests own db 15
+    # REDIS_URL's server (CI sets it), else the one on :6379, else the embedded Valkey; tests own db TEST_DB
     server = os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0" if answers("127.0.0.1", 6379) else None)
     redis_url = urlunsplit(urlsplit(server)._replace(path=f"/{TEST_DB}")) if server else "embedded"
     database = f"tailcal_e2e_{secrets.token_hex(4)}"
@@ -95,7 +95,7 @@ def run(tmp_path_factory):
                 started_by_stack = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
         finally:
             drop_database(database)
-            if server:  # the house rule: tests use database 15 of a shared Redis, and flush it
+            if server:  # the house rule: tests use database TEST_DB of a shared Redis, and flush it
                 with redis.Redis.from_url(redis_url) as client:
                     client.flushdb()
     _, alive = psutil.wait_procs(started_by_stack, timeout=10)
