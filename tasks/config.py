@@ -74,7 +74,9 @@ class SyntheticConfig(_Strict):
     (the offline default data). `tasks/synth/schedule.py` describes the `runs` ordering."""
 
     seed: int = Field(0, ge=0, description="numpy seeds are non-negative.")
-    image_size: int = Field(192, ge=64, le=1024)
+    image_size: int = Field(
+        192, ge=80, le=1024, description="Frame side in px; 80 or more: a crack is drawn up to 40 px from its start."
+    )
     pool_size: int = Field(2000, ge=1)
     eval_size: int = Field(500, ge=1)
     train_size: int = Field(0, ge=0)

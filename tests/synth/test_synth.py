@@ -135,3 +135,19 @@ def test_ensure_benchmark_is_idempotent_and_regenerates_on_change(tmp_path):
     ensure_benchmark(small.model_copy(update={"pool_size": 40}), tmp_path)
     rows = ds.dataset(tmp_path / "pool", format="parquet").count_rows()
     assert rows == 40 and manifest["pool_rows"] == 30, "a changed config regenerates the pool"
+
+
+def test_the_smallest_frame_the_config_allows_renders_every_defect():
+    # given the smallest image_size the config takes, when many scenes are drawn, then each renders (a crack
+    # drawn up to 40 px from its start needed 84 px of canvas; 64 passed the config and crashed the generator)
+    from pydantic import ValidationError
+
+    from tasks.synth.render import render_scene
+
+    smallest = SyntheticConfig.model_fields["image_size"].metadata[0].ge
+    rng = np.random.default_rng(0)
+    scenes = [render_scene(rng, smallest) for _ in range(300)]
+    drawn = {category for scene in scenes for category, _ in scene.masks}
+    assert drawn == set(DEFECT_CLASSES), f"every defect drawn at {smallest} px: {drawn}"
+    with pytest.raises(ValidationError, match="image_size"):
+        SyntheticConfig(image_size=smallest - 1)
