@@ -5,7 +5,8 @@
         --checkpoint models/demo_detector.pt --eval-dir data/demo/eval             # + mAP and clipping
 
 Prints export time, PTQ wall time at K (goal ≤ 5 min at K=300 for any family), FP16 and INT8
-IR throughput and their ratio (goal for the ResNet-50 families: ≥ 1.8×). Random weights unless
+IR throughput and their ratio (goal for the ResNet-50 families: ≥ 1.8× on an AVX2 CPU without
+VNNI: `--max-isa AVX2` times that CPU on a newer one). Random weights unless
 --checkpoint is given: speed does not depend on the weights' values. For the two-stage (Faster
 R-CNN) families it also times, per image, the IR call against the part that stays in PyTorch
 (RPN proposal selection and the RoI heads, in float): the INT8 speed-up applies to the IR only.
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +81,10 @@ def split_latency(ir_path: Path, image: np.ndarray, iterations: int) -> tuple[fl
     return ir_ms, timed(lambda: decoder.decode(outputs))
 
 
+# oneDNN's names for the instruction-set caps ONEDNN_MAX_CPU_ISA takes (x86-64).
+ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_AMX")
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -91,7 +98,9 @@ def machine() -> str:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
     found = " ".join(flag for flag in wanted if flag in flags) or "unknown ISA"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} CPUs, {found}; load average {load} at the end of the run"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    capped = f", capped at {cap} (ONEDNN_MAX_CPU_ISA: nothing above it is used)" if cap else ""
+    return f"{os.cpu_count()} CPUs, {found}{capped}; load average {load} at the end of the run"
 
 
 def main() -> None:
@@ -115,7 +124,24 @@ def main() -> None:
     parser.add_argument("--speed-rounds", type=int, default=3, help="alternating FP16/INT8 rounds, best kept")
     parser.add_argument("--clipping-images", type=int, default=64)
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument(
+        "--max-isa",
+        default=None,
+        choices=ISAS,
+        help="cap the instruction set OpenVINO's oneDNN may use (ONEDNN_MAX_CPU_ISA), e.g. AVX2 to time an AVX2 CPU "
+        "without VNNI on a newer one; default: all the CPU has",
+    )
     args = parser.parse_args()
+    if args.max_isa and os.environ.get("ONEDNN_MAX_CPU_ISA") != args.max_isa:
+        # oneDNN reads the cap once, when it first asks what the CPU can do: run again with it set.
+        child = subprocess.run([sys.executable, *sys.argv], env=os.environ | {"ONEDNN_MAX_CPU_ISA": args.max_isa})
+        if child.returncode < 0:
+            sys.exit(
+                f"the bench died of {signal.Signals(-child.returncode).name} with the instruction set capped at "
+                f"{args.max_isa}: OpenVINO's CPU plugin crashes on some models when capped below what this CPU has "
+                "(seen with retinanet_resnet50_fpn_v2 and fcos_resnet50_fpn at AVX2); run without --max-isa"
+            )
+        sys.exit(child.returncode)
     if args.eval_dir and not (args.eval_dir / "annotations.json").exists():
         sys.exit(f"no eval split at {args.eval_dir}: `make demo` writes data/demo/eval")
 
