@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,22 +66,33 @@ def resolve_category_ids(
     num_classes: int | None = None,
     label_map: Sequence[int] | None = None,
     setting: str = "evaluation.label_map",
+    annotated: Collection[int] | None = None,
 ) -> tuple[int, ...]:
     """Category id of each detector label: `label_map` when given, else the split's ids sorted ascending.
 
-    `category_ids` are the split's own ids (from `split_categories`). With `num_classes`
-    (the detector's), the split must have exactly that many categories. `label_map` must
-    name each of the split's categories exactly once. Every refusal is a CategoryMapError
-    naming `source`, the ids found and the setting to change.
+    `category_ids` are the split's own ids (from `split_categories`); `annotated` those that
+    hold at least one box (None: all do). Without `label_map` and with `num_classes` (the
+    detector's), the split must have exactly that many categories. `label_map` must name each
+    category that holds boxes exactly once; categories without boxes (a labelling tool's unused
+    or parent category, e.g. Roboflow's id 0) may be left out. Every refusal is a
+    CategoryMapError naming `source`, the ids found and the setting to change.
     """
     found = sorted(category_ids)
-    if num_classes is not None and len(found) != num_classes:
-        raise CategoryMapError(
-            f"{source} has {len(found)} categories (ids {found}), but the detector predicts {num_classes} classes "
-            f"(detector.num_classes = {num_classes}): evaluate on a split with the detector's {num_classes} classes, "
-            f"or use a detector trained on these {len(found)} (detector.num_classes = {len(found)})"
-        )
+    empty = sorted(set(found) - set(annotated)) if annotated is not None else []
     if label_map is None:
+        if num_classes is not None and len(found) != num_classes:
+            used = [i for i in found if i not in empty]
+            hint = (
+                f"; categories {empty} hold no boxes (a labelling tool's unused or parent category?): to leave them "
+                f"out, set {setting} to {used}, the category of each detector label in order"
+                if empty and len(used) == num_classes
+                else ""
+            )
+            raise CategoryMapError(
+                f"{source} has {len(found)} categories (ids {found}), but the detector predicts {num_classes} classes "
+                f"(detector.num_classes = {num_classes}): evaluate on a split with the detector's {num_classes} "
+                f"classes, or use a detector trained on these {len(found)} (detector.num_classes = {len(found)})" + hint
+            )
         return tuple(found)
     chosen = list(label_map)
     if num_classes is not None and len(chosen) != num_classes:
@@ -99,10 +110,10 @@ def resolve_category_ids(
             f"{setting} {chosen} names category ids {missing} that {source} does not have (ids found: {found}): "
             "use only ids from its categories"
         )
-    if uncovered := sorted(set(found) - set(chosen)):
+    if uncovered := sorted(set(found) - set(chosen) - set(empty)):
         raise CategoryMapError(
             f"{setting} {chosen} leaves categories {uncovered} of {source} (ids found: {found}) without a detector "
-            "label: map every category to one label"
+            "label: map every category that holds boxes to one label"
         )
     return tuple(chosen)
 

@@ -93,6 +93,7 @@ def load_split(
         num_classes=num_classes,
         label_map=label_map,
         setting="label_map",
+        annotated={a.get("category_id") for a in coco["annotations"]},
     )
     label_of = {category_id: label for label, category_id in enumerate(category_ids)}
     records = coco["images"][:limit] if limit else coco["images"]

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,15 +46,26 @@ def coco_map(
     categories = split_categories(coco, "the COCO ground truth")
     results = detection_results(detections, label_mapping(coco, category_ids))
     overall = _run_cocoeval(coco, results, image_ids=None)
-    per_class = {name: _class_ap(overall, cat_id) for cat_id, name in categories.items()}
+    truth = _truth_by_image(coco)
+    truth_classes = {cat for cats in truth.values() for cat in cats}
+    per_class = {name: _class_ap(overall, cat_id, cat_id in truth_classes) for cat_id, name in categories.items()}
     conditions = sorted({img.get("condition", "unknown") for img in coco["images"]}) if breakdown else []
     per_condition, per_condition50 = {}, {}
     for condition in conditions:
         ids = [img["id"] for img in coco["images"] if img.get("condition", "unknown") == condition]
         stats = _run_cocoeval(coco, results, image_ids=ids)
-        per_condition[condition], per_condition50[condition] = _summary(stats)
-    mean, mean50 = _summary(overall)
+        per_condition[condition], per_condition50[condition] = _summary(stats, any(truth.get(i) for i in ids))
+    mean, mean50 = _summary(overall, bool(truth_classes))
     return MapResult(mean, mean50, per_class, per_condition, per_condition50)
+
+
+def _truth_by_image(coco: dict) -> dict[int, set[int]]:
+    """Category ids of the boxes COCOeval counts as ground truth (not crowd), per image id."""
+    truth: dict[int, set[int]] = {}
+    for annotation in coco["annotations"]:
+        if not annotation.get("iscrowd", 0):
+            truth.setdefault(annotation["image_id"], set()).add(annotation["category_id"])
+    return truth
 
 
 def label_mapping(coco: dict, category_ids: Sequence[int]) -> list[int]:
@@ -128,16 +140,21 @@ def _run_cocoeval(coco: dict, results: list[dict], image_ids: list[int] | None):
     return evaluator
 
 
-def _summary(evaluator) -> tuple[float, float]:
-    # No detections at all: pycocotools cannot even load an empty result list, and the
-    # answer is known — every ground-truth box is missed.
+def _summary(evaluator, has_truth: bool) -> tuple[float, float]:
+    # No ground truth: mAP is undefined (COCOeval's −1), never 0 — a 0 beside a 0 would read as
+    # "INT8 loses nothing". No detections at all: pycocotools cannot even load an empty result
+    # list, and the answer is known — every ground-truth box is missed.
+    if not has_truth:
+        return math.nan, math.nan
     if evaluator is None:
         return 0.0, 0.0
     stats = evaluator.stats
     return max(float(stats[0]), 0.0), max(float(stats[1]), 0.0)
 
 
-def _class_ap(evaluator, category_id: int) -> float:
+def _class_ap(evaluator, category_id: int, has_truth: bool) -> float:
+    if not has_truth:
+        return math.nan
     if evaluator is None:
         return 0.0
     # The class axis follows the evaluator's own category order (sorted ids), not the JSON's.

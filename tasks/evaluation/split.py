@@ -82,8 +82,12 @@ def load_eval_split(
     category id. Pass the detector's `num_classes` (the flows always do) to refuse a split
     with another number of categories; without it (tests, benches) the count is not checked.
 
-    Raises EvalSplitError naming the missing file, CategoryMapError (`tasks.detection.labels`)
-    naming the file and the category ids found when the categories and the detector disagree.
+    Annotation ids are renumbered 1…N (COCOeval reads id 0 as "unmatched" and looks boxes up
+    by id, so repeated ids or an id 0 would lower mAP); the user's ids carry no other meaning.
+
+    Raises EvalSplitError naming the missing file or a split with no ground-truth boxes,
+    CategoryMapError (`tasks.detection.labels`) naming the file and the category ids found when
+    the categories and the detector disagree.
     """
     annotations = directory / "annotations.json"
     if not annotations.exists():
@@ -95,7 +99,11 @@ def load_eval_split(
     coco = _read_coco(raw, annotations)
     # The whole file's categories and annotations, before `limit` hides any.
     category_ids = resolve_category_ids(
-        list(split_categories(coco, annotations)), annotations, num_classes=num_classes, label_map=label_map
+        list(split_categories(coco, annotations)),
+        annotations,
+        num_classes=num_classes,
+        label_map=label_map,
+        annotated={a.get("category_id") for a in coco["annotations"]},
     )
     if limit:
         coco["images"] = coco["images"][:limit]
@@ -113,6 +121,17 @@ def load_eval_split(
         _check_size(record, image, annotations)
         images.append(image)
     _fit_boxes_to_images(coco, annotations)
+    if not any(not a.get("iscrowd", 0) for a in coco["annotations"]):
+        which = f"its first {limit} images hold" if limit else "it holds"
+        raise EvalSplitError(
+            f"{annotations}: {which} no ground-truth boxes (crowd boxes do not count), so mAP is undefined: "
+            "point evaluation.dataset_dir at a split whose objects are labelled"
+        )
+    # COCOeval looks boxes up by annotation id and reads id 0 as "unmatched": ids that repeat
+    # (two exports merged) or start at 0 (Roboflow) lowered mAP without an error. They mean
+    # nothing else, so every split is scored under ids 1…N of its own.
+    for number, annotation in enumerate(coco["annotations"], start=1):
+        annotation["id"] = number
     return EvalSplit(directory, coco, images, hashlib.sha256(raw).hexdigest()[:12], category_ids)
 
 
@@ -126,7 +145,7 @@ def _read_coco(raw: bytes, source: Path) -> dict:
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise EvalSplitError(f"{source} has no 'images' list: a COCO split needs images, annotations and categories")
     if not isinstance(coco.get("annotations"), list):
-        raise EvalSplitError(f"{source} has no 'annotations' list: write an empty list for a split without boxes")
+        raise EvalSplitError(f"{source} has no 'annotations' list: a COCO split needs its boxes under 'annotations'")
     for record in coco["images"]:
         if not isinstance(record, dict) or type(record.get("id")) is not int or not record.get("file_name"):
             raise EvalSplitError(f"{source}: image {str(record)[:120]} needs an integer 'id' and a 'file_name'")
@@ -154,6 +173,12 @@ def _check_size(record: dict, image: np.ndarray, source: Path) -> None:
     if declared == (None, None):
         record["width"], record["height"] = width, height
         return
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer() for v in declared):
+        raise EvalSplitError(
+            f"{source}: image {record['file_name']!r} has width {declared[0]!r} and height {declared[1]!r}: "
+            f"write both as whole numbers (this image is {width}×{height}), or leave both out"
+        )
+    declared = record["width"], record["height"] = int(declared[0]), int(declared[1])
     if declared == (width, height):
         return
     if declared == (height, width):

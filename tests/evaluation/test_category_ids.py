@@ -154,6 +154,36 @@ def test_label_map_leaving_a_category_without_a_label_is_refused():
     assert "split.json" in str(refused.value), f"names the file: {refused.value}"
 
 
+@pytest.mark.parametrize(
+    "parents",
+    [
+        pytest.param([(0, "objects")], id="Roboflow's parent category id 0"),
+        pytest.param([(0, "background"), (99, "unused")], id="two categories without boxes"),
+    ],
+)
+def test_categories_without_boxes_may_be_left_out_of_the_label_map(tmp_path, parents):
+    # given a split whose categories also list ones that hold no box (an export's parent or unused category)
+    coco = _coco([1, 2, 3, 4], ["scratch", "dent", "crack", "contamination"])
+    coco["categories"] = [{"id": i, "name": name} for i, name in parents] + coco["categories"]
+    directory = _write_split(tmp_path, coco)
+    # when loaded for a 4-class detector without a label_map, then the refusal names the label_map that fits
+    with pytest.raises(CategoryMapError) as refused:
+        load_eval_split(directory, num_classes=4)
+    empty = sorted(i for i, _ in parents)
+    assert f"categories {empty} hold no boxes" in str(refused.value), str(refused.value)
+    assert "set evaluation.label_map to [1, 2, 3, 4]" in str(refused.value), str(refused.value)
+    # and with that label_map the split loads and a detector finding every box scores 1.0
+    split = load_eval_split(directory, num_classes=4, label_map=[1, 2, 3, 4])
+    result = coco_map(split.coco, _detections(split.coco, _trained_labels(split.category_ids)), split.category_ids)
+    assert result.map == pytest.approx(1.0), f"mAP {result.map}"
+    assert all(np.isnan(result.per_class[name]) for _, name in parents), f"no boxes, no AP: {result.per_class}"
+    # but a category that holds boxes can never be left out
+    with pytest.raises(CategoryMapError, match=r"leaves categories \[4\]"):
+        resolve_category_ids(
+            [i for i, _ in parents] + [1, 2, 3, 4], "split.json", label_map=[1, 2, 3], annotated={1, 2, 3, 4}
+        )
+
+
 def test_config_refuses_a_label_map_that_repeats_an_id():
     with pytest.raises(ValidationError, match=r"category ids \[3\] repeat") as refused:
         EvaluationConfig(label_map=[1, 3, 3, 7])
