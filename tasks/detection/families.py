@@ -138,7 +138,8 @@ def build_model(family_name: str, num_classes: int, input_size: int) -> nn.Modul
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The state_dict in a checkpoint file: a plain state_dict, or a dict holding one under `model`."""
+    """The state_dict in a checkpoint file: a plain state_dict, or a dict holding one under `model`
+    (torchvision's reference scripts) or `state_dict` (PyTorch Lightning and others)."""
     if not path.exists():
         raise DetectorError(
             f"checkpoint {path} does not exist: train one with `tailcal train-detector` "
@@ -151,14 +152,34 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             f"checkpoint {path} is not a PyTorch state_dict torch.load can read with weights_only=True "
             f"({type(exc).__name__}): point detector.checkpoint at a .pt file of weights"
         ) from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    if isinstance(state, dict):
+        state = next((state[key] for key in ("model", "state_dict") if isinstance(state.get(key), dict)), state)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise DetectorError(
             f"checkpoint {path} holds a {type(state).__name__}, not a state_dict: save `model.state_dict()` "
             "(or {'model': model.state_dict()})"
         )
     return state
+
+
+def checkpoint_state(path: Path, own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The checkpoint's state_dict (`read_state_dict`) under the keys of `own`, the model's own
+    state_dict: two differences that training recipes leave, and that change no weight, are undone.
+
+    - One prefix on every key (`module.` from DataParallel/DDP, `model.` from a Lightning
+      module): dropped when the model then has every key left.
+    - No `num_batches_tracked` buffers: a model fine-tuned from pretrained weights has
+      torchvision's FrozenBatchNorm2d (weight, bias, running mean and var only), which
+      computes what BatchNorm2d computes in eval mode; the skeleton's own counters are kept.
+    """
+    state = read_state_dict(path)
+    heads = {key.partition(".")[0] for key in state}
+    if len(heads) == 1 and all("." in key for key in state) and not set(state) <= set(own):
+        stripped = {key.partition(".")[2]: value for key, value in state.items()}
+        if set(stripped) <= set(own):
+            state = stripped
+    counters = {k: v for k, v in own.items() if k.endswith(".num_batches_tracked") and k not in state}
+    return state | counters
 
 
 def build_detector(config: DetectorConfig, load_checkpoint: bool = True) -> nn.Module:
@@ -169,8 +190,8 @@ def build_detector(config: DetectorConfig, load_checkpoint: bool = True) -> nn.M
     model = build_model(config.architecture, config.num_classes, input_size_of(config))
     if load_checkpoint:
         path = Path(config.checkpoint)
-        state = read_state_dict(path)
         own = model.state_dict()
+        state = checkpoint_state(path, own)
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -361,9 +382,9 @@ class TwoStageDecoder:
                 raise DetectorError(
                     f"checkpoint {path} changed since the {family} IR was exported from it: export the IR again"
                 )
-        state = read_state_dict(path)
         self._model = build_model(family, num_classes, input_size)
         own = self._model.state_dict()
+        state = checkpoint_state(path, own)
         self._model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
         self._size = input_size
         self._levels = len(level_shapes)

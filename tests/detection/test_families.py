@@ -352,6 +352,28 @@ def test_a_checkpoint_loads_plain_or_under_model(case, tmp_path):
         assert not differ, f"{path.name}: {len(differ)} tensors differ from the saved ones, e.g. {differ[:3]}"
 
 
+def test_checkpoints_as_training_recipes_save_them_load_the_same_weights(case, tmp_path):
+    # given the weights as a fine-tune from pretrained weights saves them (FrozenBatchNorm2d: no
+    # num_batches_tracked), as DataParallel does (`module.`), and as Lightning does (`state_dict`, `model.`)
+    state = torch.load(case.checkpoint, weights_only=True)
+    frozen = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    saved = {
+        "frozen_bn.pt": frozen,
+        "data_parallel.pt": {f"module.{k}": v for k, v in state.items()},
+        "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in frozen.items()}, "epoch": 3},
+    }
+    for name, checkpoint in saved.items():
+        torch.save(checkpoint, tmp_path / name)
+        # when each is built, then it holds the saved weights, and detects as the original does
+        loaded = build_detector(case.config.model_copy(update={"checkpoint": str(tmp_path / name)})).state_dict()
+        differ = [k for k, v in case.model.state_dict().items() if not torch.equal(loaded[k], v)]
+        assert not differ, f"{name}: {len(differ)} tensors differ from the saved ones, e.g. {differ[:3]}"
+    # and a prefix that would leave keys the model lacks is not guessed away
+    torch.save({f"module.{k}": v for k, v in (state | {"extra.weight": torch.zeros(1)}).items()}, tmp_path / "odd.pt")
+    with pytest.raises(DetectorError, match=r"unexpected keys: module\."):
+        build_detector(case.config.model_copy(update={"checkpoint": str(tmp_path / "odd.pt")}))
+
+
 def test_a_checkpoint_that_does_not_fit_names_its_keys(case, tmp_path):
     # given the checkpoint read with two more classes than it was trained for
     with torch.device("meta"):  # shapes only: no weights are allocated or initialised
