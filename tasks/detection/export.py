@@ -25,7 +25,7 @@ Tier = Literal["int8", "mixed", "fp16"]
 # IR stem per precision tier, as the release cycle writes them (each with a .bin beside it).
 IR_STEMS: dict[Tier, str] = {"int8": "detector_int8", "mixed": "detector_int8_ac", "fp16": "detector_fp16"}
 # Part of every export key: a change to what an IR records makes every cached IR stale.
-EXPORT_FORMAT = "adapter-1"
+EXPORT_FORMAT = "adapter-2"  # 2: exported layouts record the input side, boxes_scores_labels its output order
 
 
 def ir_path(directory: Path, tier: Tier) -> Path:

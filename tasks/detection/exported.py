@@ -10,7 +10,13 @@ a mismatch names both. Layouts (N candidate boxes, nc classes, boxes in input pi
 - `yolov5`: one output [1, N, 5+nc]: cx, cy, w, h, objectness, class scores; score =
   objectness × class score; NMS at IoU 0.6 (YOLOv5's val.py), score ≥ 0.001, 300 boxes.
 - `end2end`: one output [1, N, 6]: x1, y1, x2, y2, score, class; NMS already in the model.
-- `boxes_scores_labels`: three outputs [1, N, 4] x1 y1 x2 y2, [1, N] scores, [1, N] labels.
+- `boxes_scores_labels`: three outputs [1, N, 4] x1 y1 x2 y2, [1, N] scores, [1, N] labels, in
+  any order; which is which is decided at import from element types and names, and recorded.
+
+The input must be one float [N, 3, H, W] image batch: channels last, or an integer input
+(preprocessing baked into the graph), is refused at import. At decode, values the shapes could
+not rule out are refused when they prove the declared layout wrong: kept scores above 1, corners
+out of order, every kept box within 0–1.5 (normalised coordinates, not input pixels).
 
 Preprocessing is the YOLO exporters': letterbox to the square input on grey 114, RGB, pixel
 values scaled to 0–1 (no mean/std). No Ultralytics code or dependency (it is AGPL).
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +46,29 @@ SCORE_THRESH = 0.001  # what YOLO validators use for mAP
 MAX_DETECTIONS = 300
 # Standard side for an exported model whose input size is dynamic.
 DEFAULT_SIZE = 640
+# Decode-time checks (`_LayoutDecoder._refuse_implausible`): kept scores may exceed 1 by this much
+# (float rounding); boxes all within NORMALISED_MAX are taken for 0–1 coordinates at an input of
+# at least MIN_PIXEL_SIDE px; x2 < x1 counts only beyond this share of the coordinates' size.
+SCORE_TOLERANCE = 1e-3
+NORMALISED_MAX = 1.5
+MIN_PIXEL_SIDE = 32
+CORNER_TOLERANCE = 1e-3
+
+
+_FLOAT_TYPES = {"f16", "bf16", "f32", "f64"}  # OpenVINO's element type names
+_INTEGER_TYPES = {"i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"}
+
+
+class ModelOutput(NamedTuple):
+    """What import reads of one model output: its names, element type (OpenVINO's: f32, i64 …) and
+    shape (a dynamic dimension as 1)."""
+
+    name: str
+    element_type: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name!r} ({self.element_type} {list(self.shape)})"
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> Detections:
@@ -58,13 +88,6 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
-def _best_class_nms(xywh: np.ndarray, class_scores: np.ndarray, iou: float) -> Detections:
-    """[N, 4] cx cy w h and [N, nc] class scores → each box with its best class, after NMS."""
-    labels = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(labels)), labels]
-    return _nms(_xywh_to_xyxy(xywh), scores, labels, iou)
-
-
 def _top_k(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
     keep = np.flatnonzero(scores >= SCORE_THRESH)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:MAX_DETECTIONS]
@@ -72,20 +95,25 @@ def _top_k(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detecti
 
 
 class _LayoutDecoder:
-    """Shared by the layouts: the spec is the class count; each layout checks and decodes."""
+    """Shared by the layouts: the spec is the class count and the input side; each layout checks
+    its output shapes at import and decodes, and every decode refuses values that prove the
+    declared layout wrong (`_refuse_implausible`)."""
 
     kind = ""
     preset = "mixed"
+    # Why kept scores above 1 most likely mean, per layout.
+    score_cause = ""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, input_size: int | None = None) -> None:
         self.num_labels = num_classes
+        self.input_size = input_size  # the IR's input side; None in an IR from an older tailcal
 
     @classmethod
     def from_spec(cls, spec: dict) -> _LayoutDecoder:
-        return cls(spec["num_classes"])
+        return cls(spec["num_classes"], spec.get("input_size"))
 
     def spec(self) -> dict:
-        return {"num_classes": self.num_labels}
+        return {"num_classes": self.num_labels, "input_size": self.input_size}
 
     def ignored_scope(self, model) -> list[str]:
         return decode_subgraph(model)
@@ -96,6 +124,50 @@ class _LayoutDecoder:
     def fits(self, shapes: Sequence[Sequence[int]]) -> bool:
         """Whether output shapes (batch 1) fit this layout and class count."""
         raise NotImplementedError
+
+    def for_outputs(self, outputs: Sequence[ModelOutput], input_size: int | None = None) -> _LayoutDecoder:
+        """The decoder for a model with these outputs and input side, as its IR records it: the
+        shapes checked (DetectorError unless they fit) and anything only the model tells decided
+        once, here."""
+        self.check([o.shape for o in outputs])
+        return type(self)(self.num_labels, input_size)
+
+    def _refuse_implausible(self, boxes: np.ndarray, scores: np.ndarray, corners: bool, cause: str = "") -> None:
+        """Raises DetectorError, naming detector.output_format and the likely cause, when one image's
+        kept candidates (score ≥ SCORE_THRESH; `boxes` [K, 4] x1 y1 x2 y2 if `corners`, else cx cy
+        w h; `scores` [K]) prove the declared layout wrong where the shapes could not: scores above
+        1, corners out of order, or every box within 0–1.5 (normalised, not in input pixels).
+        NaN scores are never kept; a NaN coordinate fails no comparison."""
+        if not len(scores):
+            return
+        setting = f"detector.output_format {self.kind!r}"
+        top = float(scores.max())
+        if top > 1 + SCORE_TOLERANCE:
+            raise DetectorError(f"{setting}: the model gives scores outside 0–1 (up to {top:.4g}): {cause}")
+        if corners:
+            tolerance = CORNER_TOLERANCE * np.maximum(np.abs(boxes[:, :2]), np.abs(boxes[:, 2:]))
+            flipped = np.flatnonzero((boxes[:, 2:] < boxes[:, :2] - tolerance).any(axis=1))
+            if len(flipped):
+                example = [round(float(v), 1) for v in boxes[flipped[0]]]
+                raise DetectorError(
+                    f"{setting}: boxes are not x1 y1 x2 y2 (x2 < x1 or y2 < y1 in {len(flipped)} of {len(boxes)} "
+                    f"kept boxes, e.g. {example}): the model may give x, y, w, h; {self.kind} needs corners in "
+                    "input pixels: convert them in the model, or set detector.output_format to its layout"
+                )
+        side = self.input_size or DEFAULT_SIZE
+        if side >= MIN_PIXEL_SIDE and float(np.abs(boxes).max()) <= NORMALISED_MAX:
+            raise DetectorError(
+                f"{setting}: boxes look normalised to 0–1 (all {len(boxes)} kept boxes lie within 0–{NORMALISED_MAX} "
+                f"at a {side} px input); {self.kind} gives them in input pixels: export the model with pixel boxes"
+            )
+
+    def _best_class_nms(self, xywh: np.ndarray, class_scores: np.ndarray, iou: float, cause: str) -> Detections:
+        """[N, 4] cx cy w h and [N, nc] class scores → each box with its best class, after NMS."""
+        labels = class_scores.argmax(axis=1)
+        scores = class_scores[np.arange(len(labels)), labels]
+        kept = scores >= SCORE_THRESH
+        self._refuse_implausible(xywh[kept], scores[kept], corners=False, cause=cause)
+        return _nms(_xywh_to_xyxy(xywh), scores, labels, iou)
 
     def check(self, shapes: Sequence[Sequence[int]]) -> None:
         """Raises DetectorError, naming the expected and the real shapes, unless they fit."""
@@ -109,7 +181,12 @@ class _LayoutDecoder:
 
 
 class Yolov8Decoder(_LayoutDecoder):
+    """[1, 4+nc, N], as Ultralytics exports it. A square output (N = 4+nc, e.g. 80 classes at
+    imgsz 64) fits its transpose [1, N, 4+nc] too; it is read as Ultralytics' and a transposed one
+    is refused at decode: read that way, its box coordinates land among the class scores (> 1)."""
+
     kind = "yolov8"
+    score_cause = "the class scores may be logits (no sigmoid in the model)"
 
     def expected(self) -> str:
         return f"one output [1, {4 + self.num_labels}, N] (4 box values + {self.num_labels} class scores per column)"
@@ -119,11 +196,19 @@ class Yolov8Decoder(_LayoutDecoder):
 
     def decode(self, outputs):
         # [4+nc, N] per image: transposed, a row per candidate.
-        return [_best_class_nms(out.T[:, :4], out.T[:, 4:], iou=0.7) for out in np.asarray(outputs[0], np.float32)]
+        batch = np.asarray(outputs[0], np.float32)
+        cause = self.score_cause
+        if batch.shape[1] == batch.shape[2]:
+            cause += (
+                f", or the output is [1, N, {batch.shape[2]}] (a row per candidate), which its square shape cannot "
+                f"tell from [1, {batch.shape[1]}, N]: export it as [1, 4+nc, N], as Ultralytics does"
+            )
+        return [self._best_class_nms(out.T[:, :4], out.T[:, 4:], 0.7, cause) for out in batch]
 
 
 class Yolov5Decoder(_LayoutDecoder):
     kind = "yolov5"
+    score_cause = "the objectness and class scores may be logits (no sigmoid in the model)"
 
     def expected(self) -> str:
         nc = self.num_labels
@@ -134,11 +219,13 @@ class Yolov5Decoder(_LayoutDecoder):
 
     def decode(self, outputs):
         # [N, 5+nc] per image: class scores weighted by objectness.
-        return [_best_class_nms(r[:, :4], r[:, 5:] * r[:, 4:5], iou=0.6) for r in np.asarray(outputs[0], np.float32)]
+        batch = np.asarray(outputs[0], np.float32)
+        return [self._best_class_nms(r[:, :4], r[:, 5:] * r[:, 4:5], 0.6, self.score_cause) for r in batch]
 
 
 class End2EndDecoder(_LayoutDecoder):
     kind = "end2end"
+    score_cause = "are the score and class columns swapped? end2end rows are x1, y1, x2, y2, score, class"
 
     def expected(self) -> str:
         return "one output [1, N, 6] (x1, y1, x2, y2, score, class per row)"
@@ -153,16 +240,43 @@ class End2EndDecoder(_LayoutDecoder):
         return [self._checked(found) for found in results]
 
     def _checked(self, found: Detections) -> Detections:
+        """The kept detections of one image, refused when their values prove the layout wrong."""
+        self._refuse_implausible(found.boxes, found.scores, corners=True, cause=self.score_cause)
         if len(found.labels) and (found.labels.min() < 0 or found.labels.max() >= self.num_labels):
+            bad = int(found.labels.min()) if found.labels.min() < 0 else int(found.labels.max())
             raise DetectorError(
-                f"the end2end model gives class {int(found.labels.max())} but detector.num_classes is "
+                f"the {self.kind} model gives class {bad} but detector.num_classes is "
                 f"{self.num_labels}: set num_classes to the model's class count"
             )
         return found
 
 
 class BoxesScoresLabelsDecoder(End2EndDecoder):
+    """Three outputs in any order. Which is the scores and which the labels is decided once, at
+    import, from their element types and names (never per batch from the values: scores that are
+    all exactly 0 or 1 look like labels), and recorded in the spec as `outputs`."""
+
     kind = "boxes_scores_labels"
+    score_cause = "are the scores and labels outputs swapped? name them scores and labels in the export"
+
+    def __init__(
+        self, num_classes: int, input_size: int | None = None, *, outputs: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(num_classes, input_size)
+        self.outputs = outputs  # {"boxes": i, "scores": j, "labels": k}: output indices, decided at import
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> BoxesScoresLabelsDecoder:
+        if "outputs" not in spec:
+            raise DetectorError(
+                "the IR records a boxes_scores_labels decoder without which output holds the scores and which the "
+                "labels: it was exported by an older tailcal; export it again (delete it and rerun, or point "
+                "detector.model at the original ONNX/IR)"
+            )
+        return cls(spec["num_classes"], spec.get("input_size"), outputs=dict(spec["outputs"]))
+
+    def spec(self) -> dict:
+        return super().spec() | {"outputs": self.outputs}
 
     def expected(self) -> str:
         return "three outputs: boxes [1, N, 4], scores [1, N], labels [1, N] (in any order)"
@@ -178,18 +292,72 @@ class BoxesScoresLabelsDecoder(End2EndDecoder):
             return None
         return boxes[0], flat[0], flat[1]
 
-    def decode(self, outputs):
-        arrays = [np.asarray(o) for o in outputs]
-        box_i, first, second = self._order([a.shape for a in arrays])  # type: ignore[misc]
-        # Scores are floats, labels whole numbers: tell them apart by their values, not their order.
-        integral = [bool(np.all(np.equal(np.mod(arrays[i], 1), 0))) for i in (first, second)]
-        score_i, label_i = (second, first) if integral[0] and not integral[1] else (first, second)
-        results = []
-        for boxes, scores, labels in zip(arrays[box_i], arrays[score_i], arrays[label_i], strict=True):
-            results.append(
-                self._checked(_top_k(boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)))
+    def for_outputs(self, outputs, input_size=None):
+        self.check([o.shape for o in outputs])
+        box_i, first, second = self._order([o.shape for o in outputs])  # type: ignore[misc]
+        label_i, score_i = (first, second) if _holds_labels(outputs[first], outputs[second]) else (second, first)
+        if outputs[score_i].element_type not in _FLOAT_TYPES:
+            raise DetectorError(
+                f"detector.output_format 'boxes_scores_labels': the scores output {outputs[score_i]} is not float: "
+                "scores are float 0–1; re-export the model with float scores"
             )
-        return results
+        return type(self)(self.num_labels, input_size, outputs={"boxes": box_i, "scores": score_i, "labels": label_i})
+
+    def decode(self, outputs):
+        if self.outputs is None:
+            raise DetectorError(
+                "a boxes_scores_labels decoder decodes only once import has decided which output is which: "
+                "point detector.model at the model"
+            )
+        boxes, scores, labels = (np.asarray(outputs[self.outputs[k]]) for k in ("boxes", "scores", "labels"))
+        return [
+            self._checked(_top_k(b.astype(np.float32), s.astype(np.float32), np.rint(lab).astype(np.int64)))
+            for b, s, lab in zip(boxes, scores, labels, strict=True)
+        ]
+
+
+_LABEL_WORDS = ("label", "class", "cls")
+_SCORE_WORDS = ("score", "conf", "prob")
+
+
+def _says(name: str) -> str | None:
+    """'labels' or 'scores' when an output's name says which (and not both), else None."""
+    name = name.lower()
+    label, score = any(w in name for w in _LABEL_WORDS), any(w in name for w in _SCORE_WORDS)
+    return "labels" if label and not score else "scores" if score and not label else None
+
+
+def _holds_labels(first: ModelOutput, second: ModelOutput) -> bool:
+    """Whether `first` of two [1, N] outputs holds the labels and `second` the scores: the integer
+    one is the labels, and so is one named label/class beside one that is not (or one not named
+    score/conf beside one that is). Raises DetectorError when neither tells, or they disagree."""
+    verdicts: dict[str, bool] = {}  # what each clue says of "first holds the labels"
+    integer = (first.element_type in _INTEGER_TYPES, second.element_type in _INTEGER_TYPES)
+    if integer[0] != integer[1]:
+        verdicts["element types"] = integer[0]
+    said = (_says(first.name), _says(second.name))
+    if (said[0] == "labels") != (said[1] == "labels"):
+        verdicts["names"] = said[0] == "labels"
+    elif (said[0] == "scores") != (said[1] == "scores"):
+        verdicts["names"] = said[1] == "scores"
+    both = f"outputs {first} and {second}"
+    fix = (
+        "re-export the model with integer labels, or with output names that say which is which "
+        "(e.g. torch.onnx.export(..., output_names=['boxes', 'scores', 'labels']))"
+    )
+    if not verdicts:
+        raise DetectorError(
+            f"detector.output_format 'boxes_scores_labels': cannot tell which of the {both} holds the scores and "
+            f"which the labels (neither is integer alone, and no name says label/class or score/conf); {fix}"
+        )
+    if len(set(verdicts.values())) > 1:
+        by_type = first if verdicts["element types"] else second
+        by_name = first if verdicts["names"] else second
+        raise DetectorError(
+            f"detector.output_format 'boxes_scores_labels': of the {both}, the element types say {by_type.name!r} "
+            f"holds the labels but the names say {by_name.name!r} does; {fix}"
+        )
+    return next(iter(verdicts.values()))
 
 
 LAYOUTS = {d.kind: d for d in (Yolov8Decoder, Yolov5Decoder, End2EndDecoder, BoxesScoresLabelsDecoder)}
@@ -232,13 +400,43 @@ def _outputs(model) -> set[str]:
     return {out.get_node().get_friendly_name() for out in model.outputs}
 
 
+def _check_input(image, path: Path) -> None:
+    """Refuses an input tailcal's images would not fit: not [N, 3, H, W] (channels last above all,
+    whose H and W, dynamic or not, would be read as channels and a 3 px side), or not float
+    (preprocessing baked into the graph: the 0–1 floats would be cast to a black image)."""
+    shape, name = image.get_partial_shape(), image.get_any_name() if image.get_names() else "input"
+    element = image.get_element_type()
+    if not element.is_real():
+        raise DetectorError(
+            f"detector.model {path} takes input {name!r} of element type {element.get_type_name()}: tailcal feeds "
+            "float 0–1 RGB images [N, 3, H, W], as YOLO exporters write them; re-export the model without the "
+            "preprocessing baked in (a float32 input, no cast or /255 in the graph)"
+        )
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4:
+        raise DetectorError(
+            f"detector.model {path} takes input {name!r} {shape}: tailcal feeds [N, 3, H, W] RGB images; "
+            "re-export it with one image-batch input"
+        )
+    channels_first = shape[1].is_static and shape[1].get_length() == 3
+    if not channels_first and shape[3].is_static and shape[3].get_length() == 3:
+        raise DetectorError(
+            f"detector.model {path} takes input {name!r} {shape}, channels last (NHWC): tailcal feeds [N, 3, H, W] "
+            "RGB images, channels first as YOLO exporters write them; re-export it channels first"
+        )
+    if shape[1].is_static and not channels_first:
+        raise DetectorError(
+            f"detector.model {path} takes input {name!r} {shape}: tailcal feeds [N, 3, H, W] RGB images; "
+            "re-export it with a 3-channel RGB input"
+        )
+
+
 def import_exported(config: DetectorConfig):
     """Read `config.model` (ONNX or IR), fix its input to [1, 3, S, S], check its outputs against
     `config.output_format`, and record the adapter; returns the `openvino.Model`.
 
     S is the model's own static input side, or `detector.input_size` (default 640) when the
     export is dynamic. Raises DetectorError for a file OpenVINO cannot read, an input that is
-    not one square RGB image batch, a configured size that contradicts the model's, or outputs
+    not one square float RGB image batch (NCHW), a configured size that contradicts the model's, or outputs
     that do not fit the declared layout."""
     import openvino as ov
 
@@ -249,9 +447,8 @@ def import_exported(config: DetectorConfig):
         raise DetectorError(f"detector.model {path} cannot be read by OpenVINO ({type(exc).__name__}: {exc})") from None
     if len(model.inputs) != 1:
         raise DetectorError(f"detector.model {path} has {len(model.inputs)} inputs: tailcal feeds one image batch")
+    _check_input(model.inputs[0], path)
     shape = model.inputs[0].get_partial_shape()
-    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or (shape[1].is_static and shape[1].get_length() != 3):
-        raise DetectorError(f"detector.model {path} takes input {shape}: tailcal feeds [N, 3, H, W] RGB images")
     static = [shape[i].get_length() for i in (2, 3) if shape[i].is_static]
     if len(static) == 2 and static[0] != static[1]:
         raise DetectorError(
@@ -273,8 +470,15 @@ def import_exported(config: DetectorConfig):
             f"detector.model {path} cannot run at {size}×{size} px ({first}): its input size is dynamic but its "
             "graph is not; set detector.input_size to the size it was exported for"
         ) from None
-    decoder = LAYOUTS[config.output_format or ""](config.num_classes)
-    decoder.check([[d.get_length() if d.is_static else 1 for d in out.get_partial_shape()] for out in model.outputs])
+    outputs = [
+        ModelOutput(
+            ", ".join(sorted(out.get_names())) or f"output {i}",
+            out.get_element_type().get_type_name(),
+            tuple(d.get_length() if d.is_static else 1 for d in out.get_partial_shape()),
+        )
+        for i, out in enumerate(model.outputs)
+    ]
+    decoder = LAYOUTS[config.output_format or ""](config.num_classes).for_outputs(outputs, size)
     preprocessing = Preprocessing(size, config.resize, **YOLO_PREPROCESSING)  # type: ignore[arg-type]
     Adapter(preprocessing, decoder).write_to(model)
     return model
