@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.testing.litellm_proxy", description=main.__doc__)
     parser.add_argument("--port", type=int, default=4000, help="the proxy's port on 127.0.0.1")
     parser.add_argument("--scorer-port", type=int, default=0, help="the reference scorer's port (0: a free one)")
-    parser.add_argument("--latency-s", type=float, default=0.0, help="seconds the scorer adds to every reply")
+    parser.add_argument(
+        "--latency-s", type=float, default=0.0, help="seconds from a request's arrival at the scorer to its reply"
+    )
     parser.add_argument("--model", action="append", help="model name to serve (default: reference-vlm)")
     parser.add_argument("--work-dir", type=Path, default=Path("data/gateway"), help="its config and log")
     args = parser.parse_args(argv)

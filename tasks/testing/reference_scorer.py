@@ -72,7 +72,7 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # from a request's arrival to its reply, the scorer's own image work included
     faults: FaultPlan = field(default_factory=FaultPlan)
     fixed_difficulty: float | None = None  # answer this score for every image (no formula, no noise)
     report_usage: bool = True  # False: answer without a `usage` block, as some gateways do
@@ -174,15 +174,19 @@ def create_app(
                 stats["in_flight"] -= 1
 
     async def answer(request: Request):
+        # A provider's latency runs from the request to the reply, its own work included: the
+        # scorer answers latency_s after the request arrived, with its image work done inside
+        # that time (before, the work came on top, and a bench's bound of concurrency ÷ latency
+        # was 5–10 % more than the scorer itself allowed).
+        answer_at = time.monotonic() + settings.latency_s
         body = await request.json()
         with lock:
             stats["requests"] += 1
             if arrivals is not None:
                 arrivals.append(time.monotonic())
             roll = draw.random()
-        if settings.latency_s:
-            await asyncio.sleep(settings.latency_s)
         if body.get("model") in faults.failing_models:
+            await _until(answer_at)
             stats["model_down"] += 1
             return JSONResponse({"error": {"message": "model unavailable (injected)"}}, status_code=500)
         edges = np.cumsum(
@@ -202,6 +206,8 @@ def create_app(
             ]
         )
         outcome = [*_OUTCOMES, "ok"][int(np.searchsorted(edges, roll, side="right"))]
+        if outcome in ("rate_limit", "server_error", "hang", "bad_request"):
+            await _until(answer_at)
         if outcome == "rate_limit":
             stats["rate_limit"] += 1
             return JSONResponse(
@@ -226,14 +232,13 @@ def create_app(
             return JSONResponse({"error": error}, status_code=400)
 
         image_bytes, text = _image_from_messages(body.get("messages", []))
-        try:
-            image = Image.open(io.BytesIO(image_bytes))
-            image.load()
+        try:  # in a worker thread: one request's image work does not hold up the others' replies
+            image, assessment = await asyncio.to_thread(_decode_and_assess, image_bytes)
         except Exception as exc:  # any undecodable payload is the client's error, as a provider would say
+            await _until(answer_at)
             stats["bad_request"] += 1
             message = f"could not decode image: {exc.__class__.__name__}"
             return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
-        assessment = assess(image)
         seed = body.get("seed") or 0
         temperature = float(body.get("temperature") if body.get("temperature") is not None else 1.0)
         digest = hashlib.sha256(image_bytes).digest()
@@ -272,9 +277,22 @@ def create_app(
             stats["completion_tokens"] += completion["usage"]["completion_tokens"]
         if not settings.report_usage:
             del completion["usage"]
+        await _until(answer_at)
         return completion
 
     return app
+
+
+async def _until(moment: float) -> None:
+    """Sleep until `time.monotonic()` reaches `moment` (at once when it has)."""
+    if (remaining := moment - time.monotonic()) > 0:
+        await asyncio.sleep(remaining)
+
+
+def _decode_and_assess(image_bytes: bytes):
+    image = Image.open(io.BytesIO(image_bytes))
+    image.load()
+    return image, assess(image)
 
 
 class ReferenceScorer(LoopbackServer):
@@ -302,7 +320,8 @@ def serve(port: int = 8808, latency_s: float = 0.0) -> None:
 
     Args:
         port: TCP port on 127.0.0.1; 0 picks a free one.
-        latency_s: Seconds added to every reply, to mimic a provider's latency.
+        latency_s: Seconds from a request's arrival to its reply, to mimic a provider's latency
+            (the scorer's own work is done within them).
     """
     if not 0 <= port <= 65535 or latency_s < 0:
         raise ConfigError(f"--port {port} / --latency-s {latency_s}: the port must be 0–65535 and the latency ≥ 0")
