@@ -26,8 +26,9 @@ time too (threads_per_worker=2); the "1 shard at a time" rows measure what one w
     CPU it takes); 2 × 4 one shard at a time per process (one thread per Dask worker); and 1
     process at 64 in flight with no rpm limit, whose throughput is one process's ceiling on
     this machine and sizes a scale-out. Each row also gives the scoring processes' CPU per
-    call and a paid call's mean latency as the client saw it (the scorer sleeps 200 ms of
-    it): concurrency ÷ that latency is all the slots can carry.
+    call and a paid call's mean latency as the client saw it (the scorer answers 200 ms after
+    a request arrives, its own image work included): concurrency ÷ that latency is all the
+    slots can carry.
 (b) cache-hit path: candidates/s through score_shard when every look-up hits (pHash
     included), with 1 and 2 processes (goal ≥ 1.7× from 1 to 2), two shards at a time per
     process and one, and the CPU per candidate. Then ScoreCache.lookup p50/p99 (single
@@ -126,8 +127,8 @@ class RecordingLimiter(RateLimiter):
 
     sends: list[float]
 
-    async def acquire(self) -> None:
-        await super().acquire()
+    async def acquire(self, *args, **kwargs) -> None:
+        await super().acquire(*args, **kwargs)
         self.sends.append(time.monotonic())
 
 

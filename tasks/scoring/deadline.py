@@ -38,6 +38,9 @@ class Wire:
     """
 
     before_send: Callable[[], Awaitable[None]] | None = None
+    # What `before_send` raised (Redis gone while taking the rpm slot): the request never left, and
+    # openai would report it as a connection error, i.e. "the gateway could not be reached".
+    local_error: Exception | None = None
     started: float | None = None
     sent: bool = False
     status: int | None = None
@@ -69,7 +72,11 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         wire = WIRE.get() or Wire()
         if wire.before_send is not None:
-            await wire.before_send()
+            try:
+                await wire.before_send()
+            except Exception as exc:
+                wire.local_error = exc
+                raise
         wire.started = time.perf_counter()
         try:
             async with asyncio.timeout(self._deadline_s):

@@ -20,10 +20,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 import numpy as np
@@ -43,6 +43,7 @@ from tasks.scoring.prompts import PromptTemplate, lock_template
 from tasks.scoring.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPLY_ATTEMPTS = 2  # prose / invalid JSON / out-of-range is asked once more, then recorded
 # (a reply that cannot succeed when asked again, cut at the length limit or a refusal, is not)
@@ -400,13 +401,13 @@ async def _call(
                 candidate_id, pass_index, "unscored", None, cost_eur=booked_eur, reason="budget exhausted"
             )
         seed = session.setup.scoring.base_seed + pass_index
-        # The rpm slot is taken as the request leaves (see Wire). The wait for it can outlast the
-        # reservation's lease: it is renewed while waiting.
-        keep_alive = partial(_renew_lease, session, token)
-        wire = Wire(before_send=partial(session.limiter.acquire, keep_alive, session.ledger.lease_s / 3))
+        # The rpm slot is taken as the request leaves (see Wire).
+        wire = Wire(before_send=session.limiter.acquire)
         wire_token = WIRE.set(wire)
         try:
-            reply = await session.gateway.score(image, model, seed, session.setup.scoring.temperature)
+            reply = await _holding_lease(
+                session, token, session.gateway.score(image, model, seed, session.setup.scoring.temperature)
+            )
         except PaidReplyError as exc:
             await _settle(session, token, worst, exc.cost_eur, exc.model)
             booked_eur += exc.cost_eur
@@ -416,6 +417,9 @@ async def _call(
             streak.failed(reason, reason, limit, _fix_for(None, session.setup.gateway), session.gateway.api_base)
             return failed(exc.model, reason)
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
+            if wire.local_error is not None:  # failed here, before sending (the rpm slot's Redis): not the gateway
+                await _settle(session, token, worst, 0.0, model)
+                raise wire.local_error from None
             # Sent and not refused with an error status (timed out, cut, or a 2xx litellm could not
             # read): the provider may have billed it, so it is booked at its worst case.
             charge = worst if wire.may_be_billed else 0.0
@@ -512,13 +516,27 @@ def _back_off_s(exc: Exception, retry: int, max_retries: int) -> float:
     )
 
 
-def _renew_lease(session: ScoringSession, token: str) -> None:
-    """Keep a waiting call's reservation alive; a Redis blip here is left to the next renewal."""
+async def _holding_lease(session: ScoringSession, token: str, call: Awaitable[T]) -> T:
+    """Await `call` while renewing reservation `token`'s lease every third of it: the wait for an
+    rpm slot, litellm building the request (its first call takes ~1 s) and the reply together can
+    outlast a lease, and an expired reservation frees budget the call may still spend. Renewal
+    stops when the call ends, before its reservation is settled."""
+    renewal = asyncio.create_task(_renew_lease(session, token))
     try:
-        if not session.ledger.renew(token):
-            log.warning("a reservation's lease expired while its call waited for an rpm slot (event loop stalled?)")
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("could not renew a reservation's lease (%s); retrying at the next renewal", exc.__class__.__name__)
+        return await call
+    finally:
+        renewal.cancel()
+
+
+async def _renew_lease(session: ScoringSession, token: str) -> None:
+    """Renew a reservation's lease every lease_s / 3 until cancelled; a Redis blip is left to the next renewal."""
+    while True:
+        await asyncio.sleep(session.ledger.lease_s / 3)
+        try:
+            if not session.ledger.renew(token):
+                log.warning("a reservation's lease expired while its call was under way (event loop stalled?)")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("could not renew a reservation's lease (%s); retrying at the next renewal", type(exc).__name__)
 
 
 async def _reserve(session: ScoringSession, worst_eur: float, token: str) -> Reservation:

@@ -15,7 +15,6 @@ at most rpm sends as long as no waiter wakes more than LATE_WAKE_S late.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import redis
 
@@ -48,15 +47,10 @@ class RateLimiter:
         self._interval_us = None if rpm is None else slot_interval_s(rpm) * 1_000_000
         self._script = client.register_script(_RESERVE_SLOT)
 
-    async def acquire(self, keep_alive: Callable[[], object] | None = None, keep_alive_every_s: float = 30.0) -> None:
-        """Wait for this caller's slot. `keep_alive` is called every `keep_alive_every_s` of the
-        wait (a budget reservation held across it renews its lease so)."""
+    async def acquire(self) -> None:
+        """Wait for this caller's slot."""
         if self._interval_us is None:
             return
         wait_s = int(self._script(keys=[self._key], args=[self._interval_us])) / 1_000_000  # sub-ms on loopback
-        while wait_s > 0:
-            step = min(wait_s, keep_alive_every_s) if keep_alive else wait_s
-            await asyncio.sleep(step)
-            wait_s -= step
-            if keep_alive and wait_s > 0:
-                keep_alive()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)

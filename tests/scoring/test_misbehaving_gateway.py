@@ -231,3 +231,28 @@ def _prepared(pool_dir):
     from tasks.scoring.gateway import prepare_image
 
     return prepare_image(rows(pool_dir, 0, 1)[0].image, 512)
+
+
+class _LostRedis(Exception):
+    """Stands for redis.ConnectionError: raised where the rpm slot is taken, before anything is sent."""
+
+
+@pytest.mark.parametrize("error", [_LostRedis("Redis went away while taking the rpm slot"), TypeError("a bug")])
+def test_a_failure_taking_the_rpm_slot_is_not_reported_as_an_unreachable_gateway(error, redis_client, pool_dir):
+    # given a limiter that fails as it takes the slot, inside the transport, before the request leaves
+    server = ScriptedGateway(lambda r: (200, completion(r["model"], '{"difficulty": 0.5, "factors": []}')))
+    try:
+        session = session_for(scoring_config(gateway={"max_retries": 1, "timeout_s": 2}), redis_client, server.base_url)
+
+        async def failing(*args, **kwargs):
+            raise error
+
+        session.limiter.acquire = failing
+        # when a shard is scored, then the limiter's own error surfaces, not "the gateway could not be reached"
+        with pytest.raises(type(error), match=str(error)):
+            score_shard(session, rows(pool_dir, 0, 2))
+    finally:
+        server.stop()
+    assert server.requests == 0, "nothing was sent"
+    state = session.ledger.state()
+    assert state.reserved_eur == 0 and state.spent_eur == 0, f"nothing booked or left held: {state}"
