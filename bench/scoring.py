@@ -42,7 +42,7 @@ time too (threads_per_worker=2); the "1 shard at a time" rows measure what one w
     .venv-gateway, built when missing); per-call latency as the client sees it, and what the
     proxy adds. Both share the machine's cores with the client, as a proxy beside it would.
 (e) the client's own cost: the (a) calls at concurrency 8 in one process, as a bare HTTP POST and
-    through tailcal's GatewayClient (litellm's Router), each as a share of the bound.
+    through tailcal's GatewayClient (litellm's acompletion), each as a share of the bound.
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def gateway_in_the_path(work: Path, rows: list[Row], api_base: str, latency: flo
 def client_cost(rows: list[Row], api_base: str, latency: float, concurrency: int = 8) -> None:
     """(e): what the client itself costs per call. The same calls at the same concurrency, one
     process, no cache or ledger: a bare HTTP POST (httpx, the floor any client pays) and
-    tailcal's GatewayClient (litellm's Router: retries, fallbacks, cost). Their ratios to the
+    tailcal's GatewayClient (litellm: request and reply handling, cost). Their ratios to the
     concurrency bound show how much of (a)'s shortfall is the litellm client."""
     import asyncio
     import statistics

@@ -107,7 +107,7 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
 def deadline_client(api_base: str, api_key: str, timeout_s: float, deadline_s: float) -> AsyncOpenAI:
     """An OpenAI client for `api_base`: each network wait within `timeout_s` (httpx's own
     timeouts), each request answered in full within `deadline_s`; handed to litellm per call
-    (`client=`), so each Router attempt gets both.
+    (`client=`), so each attempt gets both.
 
     The connection pool is unbounded: `gateway.concurrency` (up to 1024) already bounds the calls
     in flight, and a pool smaller than that (httpx's default is 100) would make calls wait for a

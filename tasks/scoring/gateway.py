@@ -1,4 +1,4 @@
-"""The VLM gateway client, on litellm's Router (fallbacks, retry policy, Retry-After).
+"""The VLM gateway client, on litellm's `acompletion` (retries and fallbacks are the scoring loop's).
 
 One request per image: system + user text and the image as a JPEG data URI, downsized to
 `max_image_side` to bound image tokens; `response_format` carries the template's JSON
@@ -25,13 +25,12 @@ from tasks.config import GatewayConfig, ModelPrice
 from tasks.errors import GatewayError
 from tasks.imaging import for_the_wire
 from tasks.scoring.deadline import WIRE, deadline_client
-from tasks.scoring.offline_litellm import Router, litellm
+from tasks.scoring.offline_litellm import litellm
 from tasks.scoring.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.ERROR)
-logging.getLogger("LiteLLM Router").setLevel(logging.WARNING)
 
 IMAGE_TILE = 512
 INPUT_SAFETY = 1.5  # providers count image tokens differently; reserve generously
@@ -202,26 +201,7 @@ class GatewayClient:
         self.api_base = api_base
         self._secrets = tuple(s for s in (api_key,) if s)
         litellm.register_model({_litellm_name(m.name): _price_entry(m) for m in config.models})
-        self._router = Router(
-            model_list=[
-                {
-                    "model_name": m.name,
-                    "litellm_params": {
-                        "model": _litellm_name(m.name),
-                        "api_base": api_base,
-                        "api_key": api_key,
-                        "timeout": config.timeout_s,
-                        "max_retries": 0,
-                    },
-                }
-                for m in config.models
-            ],
-            # No retries or fallbacks here: each request must take its own budget reservation and
-            # rpm slot, so the scoring loop (tasks/scoring/passes.py) sends every one of them.
-            num_retries=0,
-            disable_cooldowns=True,  # one deployment per model: a cooldown would fail every call
-            timeout=config.timeout_s,
-        )
+        self._api_key = api_key
         # Every model is served by the one gateway: one client, with a whole-reply deadline per attempt.
         self._client = deadline_client(api_base, api_key, config.timeout_s, config.attempt_deadline_s)
 
@@ -260,8 +240,15 @@ class GatewayClient:
         """One request to the gateway, not retried (the scoring loop retries). Raises ReplyError or
         litellm errors."""
         start = time.perf_counter()
-        response = await self._router.acompletion(
-            model=model,
+        # litellm's own acompletion, not its Router: tailcal's scoring loop owns retries and
+        # fallbacks (each attempt takes its own budget reservation and rpm slot), so the Router had
+        # nothing left to do but its per-call bookkeeping, which cost ~40 % of the client's CPU.
+        response = await litellm.acompletion(
+            model=_litellm_name(model),
+            api_base=self.api_base,
+            api_key=self._api_key,
+            timeout=self._config.timeout_s,
+            max_retries=0,
             messages=[
                 {"role": "system", "content": self._template.system},
                 {

@@ -14,7 +14,6 @@ _saved = os.environ.get(_SWITCH)
 os.environ[_SWITCH] = "True"
 try:
     import litellm
-    from litellm import Router
     from litellm.integrations.custom_logger import CustomLogger
 finally:
     if _saved is None:
@@ -22,4 +21,4 @@ finally:
     else:
         os.environ[_SWITCH] = _saved
 
-__all__ = ["CustomLogger", "Router", "litellm"]
+__all__ = ["CustomLogger", "litellm"]
