@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tailcal-installed
 DEMO_CONFIG ?= configs/demo.yaml
+# pytest-xdist processes for `make test`: most tests wait on servers, so two overlap well on 2 cores
+TEST_WORKERS ?= 2
 DEMO_DATA := $(abspath data/demo)
 UI_MLFLOW_PORT ?= 5000
 UI_PREFECT_PORT ?= 4200
@@ -40,7 +42,7 @@ format: install
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python bench/gen_pool.py --n 80000 --workers 2

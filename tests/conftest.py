@@ -14,9 +14,11 @@ import tempfile
 # import (flows.cli applies them around a flow run). Tests that call flows directly need
 # them too: a private PREFECT_HOME for this session, a start-up timeout fit for a busy
 # 2-core machine, no analytics. Set before anything below can import prefect.
-if "PREFECT_HOME" not in os.environ:
+# pytest-xdist's workers inherit the environment of the process that started them: a home
+# that process made for itself is replaced, so no two processes share Prefect's database.
+if os.environ.get("PREFECT_HOME", "") in ("", os.environ.get("TAILCAL_TESTS_PREFECT_HOME")):
     _prefect_home = tempfile.mkdtemp(prefix="tailcal-tests-prefect-")
-    os.environ["PREFECT_HOME"] = _prefect_home
+    os.environ["PREFECT_HOME"] = os.environ["TAILCAL_TESTS_PREFECT_HOME"] = _prefect_home
     atexit.register(shutil.rmtree, _prefect_home, ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
