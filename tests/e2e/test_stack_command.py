@@ -72,10 +72,20 @@ def _flow_runs_finish(api: str, ids: list[str], timeout_s: float) -> list[dict]:
         time.sleep(3)
 
 
-def _metrics_ports(api: str, flow_run_id: str) -> set[int]:
+def _logs(api: str, flow_run_id: str) -> list[dict]:
     body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
-    logs = httpx.post(f"{api}/logs/filter", json=body, timeout=30).json()
+    return httpx.post(f"{api}/logs/filter", json=body, timeout=30).json()
+
+
+def _metrics_ports(api: str, flow_run_id: str) -> set[int]:
+    logs = _logs(api, flow_run_id)
     return {int(m) for log in logs for m in re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log["message"])}
+
+
+def _why(api: str, run: dict) -> str:
+    """A finished flow run's name, state, state message and last warning or error lines."""
+    lines = [log["message"][-1500:] for log in _logs(api, run["id"]) if log["level"] >= 30][-3:]
+    return f"{run['name']}: {run['state_name']} ({(run.get('state') or {}).get('message')}) {lines}"
 
 
 def test_two_runs_side_by_side_on_sqlite_then_ctrl_c_stops_everything_the_stack_started(tmp_path):
@@ -113,7 +123,7 @@ def test_two_runs_side_by_side_on_sqlite_then_ctrl_c_stops_everything_the_stack_
         runs = _flow_runs_finish(api, ids, timeout_s=900)
 
         # then both completed, side by side, each serving its metrics on its own port of the range
-        assert [r["state_type"] for r in runs] == ["COMPLETED"] * RUNS, [(r["name"], r["state_name"]) for r in runs]
+        assert [r["state_type"] for r in runs] == ["COMPLETED"] * RUNS, [_why(api, r) for r in runs]
         first, last = runs[0], runs[1]
         assert first["start_time"] < last["end_time"] and last["start_time"] < first["end_time"], "they overlapped"
         ports_served = [_metrics_ports(api, i) for i in ids]
