@@ -28,7 +28,9 @@ time too (threads_per_worker=2); the "1 shard at a time" rows measure what one w
     this machine and sizes a scale-out. Each row also gives the scoring processes' CPU per
     call and a paid call's mean latency as the client saw it (the scorer answers 200 ms after
     a request arrives, its own image work included): concurrency ÷ that latency is all the
-    slots can carry.
+    slots can carry. Beside each ratio, the rate from the first send to the last over the
+    bound: a run of 2,000 calls lasts under a minute, and litellm's first call (~1 s of imports
+    per process) weighs on it as it would not on a release's 80k frames.
 (b) cache-hit path: candidates/s through score_shard when every look-up hits (pHash
     included), with 1 and 2 processes (goal ≥ 1.7× from 1 to 2), two shards at a time per
     process and one, and the CPU per candidate. Then ScoreCache.lookup p50/p99 (single
@@ -260,10 +262,14 @@ def throughput(load: Load, rows: int, latency: float, processes: int = 1) -> flo
     paid, rpm = outcome.statuses["scored"], load.rpm
     bound = min(processes * load.concurrency / latency, rpm / 60 if rpm else float("inf"))
     ratio = paid / outcome.wall_s / bound
+    sends = outcome.sends
+    # Without the start (litellm's first call imports for ~1 s per process, the first shard is
+    # hashed) and the last replies: the rate a long run settles at.
+    steady = (len(sends) - 1) / (sends[-1] - sends[0]) / bound if len(sends) > 1 else float("nan")
     print(
         f"  {processes_label(processes, load.shards_at_once)}, concurrency {load.concurrency} each, rpm {rpm or '-'}:"
         f" {paid} calls in {outcome.wall_s:.1f} s = {paid / outcome.wall_s:.1f}/s; bound {bound:.1f}/s;"
-        f" ratio {ratio:.3f}; client CPU {outcome.cpu_s * 1000 / paid:.1f} ms/call;"
+        f" ratio {ratio:.3f} (first to last send {steady:.3f}); client CPU {outcome.cpu_s * 1000 / paid:.1f} ms/call;"
         f" a call took {outcome.call_s * 1000:.0f} ms as the client saw it"
         + (f"; busiest 60 s window {outcome.busiest_minute()} sends (limit {rpm})" if rpm else "")
     )
