@@ -136,21 +136,28 @@ class _LayoutDecoder:
         """Raises DetectorError, naming detector.output_format and the likely cause, when one image's
         kept candidates (score ≥ SCORE_THRESH; `boxes` [K, 4] x1 y1 x2 y2 if `corners`, else cx cy
         w h; `scores` [K]) prove the declared layout wrong where the shapes could not: scores above
-        1, corners out of order, or every box within 0–1.5 (normalised, not in input pixels).
-        NaN scores are never kept; a NaN coordinate fails no comparison."""
+        1, corners out of order, every box within 0–1.5 (normalised, not in input pixels), or a
+        NaN or infinite coordinate (NMS would drop or keep such a box at random, and mAP would fall
+        without an error). NaN scores are never kept."""
         if not len(scores):
             return
         setting = f"detector.output_format {self.kind!r}"
         top = float(scores.max())
         if top > 1 + SCORE_TOLERANCE:
             raise DetectorError(f"{setting}: the model gives scores outside 0–1 (up to {top:.4g}): {cause}")
+        broken, example = _marked(boxes, ~np.isfinite(boxes).all(axis=1))
+        if broken:
+            raise DetectorError(
+                f"{setting}: {broken} of {len(boxes)} kept boxes have NaN or infinite coordinates (e.g. "
+                f"{example}): the exported model computes them (an FP16 overflow or a division by zero in its "
+                "box decoding, say); re-export it in FP32 and check its output in its own runtime"
+            )
         if corners:
             tolerance = CORNER_TOLERANCE * np.maximum(np.abs(boxes[:, :2]), np.abs(boxes[:, 2:]))
-            flipped = np.flatnonzero((boxes[:, 2:] < boxes[:, :2] - tolerance).any(axis=1))
-            if len(flipped):
-                example = [round(float(v), 1) for v in boxes[flipped[0]]]
+            flipped, example = _marked(boxes, (boxes[:, 2:] < boxes[:, :2] - tolerance).any(axis=1))
+            if flipped:
                 raise DetectorError(
-                    f"{setting}: boxes are not x1 y1 x2 y2 (x2 < x1 or y2 < y1 in {len(flipped)} of {len(boxes)} "
+                    f"{setting}: boxes are not x1 y1 x2 y2 (x2 < x1 or y2 < y1 in {flipped} of {len(boxes)} "
                     f"kept boxes, e.g. {example}): the model may give x, y, w, h; {self.kind} needs corners in "
                     "input pixels: convert them in the model, or set detector.output_format to its layout"
                 )
@@ -178,6 +185,13 @@ class _LayoutDecoder:
             f"detector.output_format {self.kind!r} with detector.num_classes {self.num_labels} expects "
             f"{self.expected()}, but the model's outputs are {found}{_guess(shapes, self.num_labels)}"
         )
+
+
+def _marked(boxes: np.ndarray, mask: np.ndarray) -> tuple[int, list[float]]:
+    """How many rows of `boxes` [K, 4] `mask` [K] marks, and the first of them rounded to 0.1 (an
+    example for an error message; [] when none)."""
+    rows = np.flatnonzero(mask)
+    return len(rows), [round(float(v), 1) for v in boxes[rows[0]]] if len(rows) else []
 
 
 class Yolov8Decoder(_LayoutDecoder):

@@ -182,6 +182,26 @@ def test_kept_scores_above_one_are_refused(decoder, outputs, cause):
         decoder.decode(outputs)
 
 
+@pytest.mark.parametrize(
+    ("decoder", "outputs"),
+    [
+        (End2EndDecoder(2), _end2end([10, 10, 50, 60, 0.8, 0], [20, np.nan, 40, 40, 0.6, 1])),
+        (
+            Yolov8Decoder(2, input_size=640),
+            [np.array([[[300, 100], [200, 120], [np.inf, 40], [80, 30], [0.9, 0.1], [0.1, 0.7]]], np.float32)],
+        ),
+    ],
+    ids=["end2end-nan", "yolov8-inf"],
+)
+def test_kept_boxes_with_nan_or_infinite_coordinates_are_refused(decoder, outputs):
+    with pytest.raises(
+        DetectorError,
+        match=rf"detector.output_format '{decoder.kind}': 1 of 2 kept boxes have NaN or infinite coordinates"
+        r".*re-export it in FP32",
+    ):
+        decoder.decode(outputs)
+
+
 def test_end2end_checks_pass_what_rounding_and_padding_give():
     # given a score a hair over 1, a zero-width box a hair inverted, a padding row and a NaN-score row
     out = _end2end(
