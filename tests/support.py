@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -34,6 +35,17 @@ requires_demo_detector = pytest.mark.skipif(
 
 
 # --- polling and subprocesses ---
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server for a test's stand-in gateway, with a listen backlog deep enough for
+    `gateway.concurrency` connections at once. socketserver's default backlog is 5: under load (a
+    CI run on two pytest processes) connections beyond it wait in the kernel, and a request that
+    was sent and then timed out is rightly booked at its worst-case price, which a test counting
+    exact spend reads as a defect (seen once: 45 calls booked for 42 paid replies)."""
+
+    request_queue_size = 128
+    daemon_threads = True
 
 
 def wait_until(predicate, timeout_s: float, step_s: float = 0.05) -> bool:

@@ -10,14 +10,14 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
 
 from tasks.scoring.budget import to_nano
 from tasks.scoring.passes import REPLY_ATTEMPTS, score_shard
-from tests.support import rows, scoring_config, session_for
+from tests.support import LoopbackHTTPServer, rows, scoring_config, session_for
 
 pytestmark = pytest.mark.reliability
 
@@ -75,7 +75,7 @@ def test_nan_negative_over_one_and_prose_scores_fail_with_reasons_and_the_rest_a
     for candidate, (name, (content, _)) in zip(candidates, BAD_REPLIES.items(), strict=False):
         _ScriptedGateway.replies[hashlib.sha256(candidate.image).hexdigest()] = content
         bad_ids[candidate.id] = name
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedGateway)
+    server = LoopbackHTTPServer(("127.0.0.1", 0), _ScriptedGateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         session = session_for(scoring_config(), redis_client, f"http://127.0.0.1:{server.server_address[1]}/v1")
@@ -98,7 +98,7 @@ def test_nan_negative_over_one_and_prose_scores_fail_with_reasons_and_the_rest_a
         f"the 30 good candidates are scored: {Counter(r.status for r in good)}"
     )
     # and the ledger books all 42 paid replies (30 good + 6 × 2 invalid) at the same unit price
-    # (a connection this little server's backlog dropped is retried and settled at €0: calls ≥ 42)
+    # (a connection refused before sending is retried and settled at €0: calls ≥ 42)
     unit = session.gateway.cost("reference-vlm", 300, 20)
     state = session.ledger.state()
     assert state.calls >= 42 and to_nano(state.spent_eur) == 42 * to_nano(unit), (

@@ -7,14 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tasks.scoring.budget import BudgetLedger, to_nano
 from tasks.scoring.cache import phash64
 from tasks.scoring.passes import score_shard
-from tests.support import rows, scoring_config, session_for
+from tests.support import LoopbackHTTPServer, rows, scoring_config, session_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,7 @@ class ScriptedGateway:
                         i, o = PRICES.get(served, PRICES["reference-vlm"])
                         gateway.billed_eur += (300 * i + 20 * o) / 1e6
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
