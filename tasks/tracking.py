@@ -19,6 +19,7 @@ import mlflow.data
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 
 from tasks.config import RuntimeEnv, TailcalConfig
 from tasks.redaction import mask_url
@@ -75,8 +76,6 @@ def _experiment_id(client: MlflowClient, experiment: str, artifact_root: str | N
     workers, a new experiment) may both find it missing: the one whose create loses the race
     reads the winner's (measured: the second of two release cycles on a new experiment failed
     with RESOURCE_ALREADY_EXISTS)."""
-    from mlflow.exceptions import MlflowException
-
     found = client.get_experiment_by_name(experiment)
     if found:
         return found.experiment_id
@@ -164,7 +163,25 @@ def log_pool_dataset(run: RunHandle, name: str, source: str, digest: str, sample
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         dataset = mlflow.data.from_pandas(sample, source=source, name=name, digest=digest[:36])
     tags = [InputTag(key="mlflow.data.context", value="calibration-pool")]
-    MlflowClient(run.tracking_uri).log_inputs(run.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags)]
+    client = MlflowClient(run.tracking_uri)
+    try:
+        client.log_inputs(run.run_id, datasets=inputs)
+    except MlflowException as exc:
+        # Two runs recording the same pool at once (two Prefect workers) may both find the dataset
+        # missing and insert it: the store refuses the second insert (measured: one of two release
+        # cycles on the stack failed with BAD_REQUEST, an IntegrityError on MLflow's datasets
+        # table). Once more, the store finds the winner's dataset and links this run to it.
+        if not _lost_insert_race(exc):
+            raise
+        client.log_inputs(run.run_id, datasets=inputs)
+
+
+def _lost_insert_race(exc: Exception) -> bool:
+    """Whether an MLflow store refused a write because a concurrent one inserted the same row
+    (SQLAlchemy's IntegrityError, code gkpj: SQLite's UNIQUE constraint, PostgreSQL's duplicate key)."""
+    message = str(exc)
+    return any(sign in message for sign in ("IntegrityError", "UNIQUE constraint failed", "duplicate key", "/gkpj"))
 
 
 def finish_run(run: RunHandle, status: str = "FINISHED") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import RestException
 
 from tasks import tracking
 from tasks.config import RuntimeEnv, load_config
@@ -254,3 +255,60 @@ def test_a_run_that_loses_the_race_to_create_its_experiment_uses_the_winners(dat
     handle = tracking.start_run(_sqlite_uri(data_dir), experiment, None, "late", {})
     assert handle.experiment_id == winner and LateClient.looked == 2, (handle, LateClient.looked)
     assert client.get_run(handle.run_id).info.experiment_id == winner, "the run is in the existing experiment"
+
+
+def _pool_sample() -> tuple[str, pd.DataFrame]:
+    return hashlib.sha256(b"pool manifest v1").hexdigest(), pd.DataFrame({"image_id": ["a", "b"], "x": [0.1, 0.9]})
+
+
+def test_a_run_that_loses_the_race_to_record_the_pool_links_the_winners_dataset(
+    env, data_dir, experiment, client, monkeypatch
+):
+    # given another run records the same pool between this run's look-up and its insert, so the
+    # store refuses this run's insert as the stack's MLflow server did
+    digest, sample = _pool_sample()
+    with tracking.run(env, data_dir, experiment, "winner", tags={}) as winner:
+        tracking.log_pool_dataset(winner, "demo-pool", "/data/demo/pool", digest, sample)
+    refused = []
+
+    class RacedClient(MlflowClient):
+        def log_inputs(self, run_id, datasets=None, models=None):
+            if not refused:
+                refused.append(run_id)
+                raise RestException(
+                    {
+                        "error_code": "BAD_REQUEST",
+                        "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                        "datasets.name, datasets.digest (Background on this error at: https://sqlalche.me/e/20/gkpj)",
+                    }
+                )
+            return super().log_inputs(run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(tracking, "MlflowClient", RacedClient)
+    # when this run records the pool, then it is linked to the one dataset both runs share
+    with tracking.run(env, data_dir, experiment, "loser", tags={}) as loser:
+        tracking.log_pool_dataset(loser, "demo-pool", "/data/demo/pool", digest, sample)
+    assert refused == [loser.run_id], "the first insert was refused"
+    mine, theirs = (client.get_run(h.run_id).inputs.dataset_inputs for h in (loser, winner))
+    assert [d.dataset.digest for d in mine] == [d.dataset.digest for d in theirs] == [digest[:36]], (mine, theirs)
+    assert client.get_run(loser.run_id).info.status == "FINISHED"
+
+
+def test_a_store_error_that_is_not_an_insert_race_is_not_retried(env, data_dir, experiment, monkeypatch):
+    # given a store that refuses the dataset for another reason
+    digest, sample = _pool_sample()
+    calls = []
+
+    class RefusingClient(MlflowClient):
+        def log_inputs(self, run_id, datasets=None, models=None):
+            calls.append(run_id)
+            raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "dataset source too long"})
+
+    monkeypatch.setattr(tracking, "MlflowClient", RefusingClient)
+    # when, then the error propagates after one try and fails the run
+    with (
+        pytest.raises(RestException, match="dataset source too long"),
+        tracking.run(env, data_dir, experiment, "refused", tags={}) as handle,
+    ):
+        tracking.log_pool_dataset(handle, "demo-pool", "/data/demo/pool", digest, sample)
+    assert calls == [handle.run_id], f"one try: {calls}"
