@@ -242,7 +242,7 @@ class GatewayClient:
         start = time.perf_counter()
         # litellm's own acompletion, not its Router: tailcal's scoring loop owns retries and
         # fallbacks (each attempt takes its own budget reservation and rpm slot), so the Router had
-        # nothing left to do but its per-call bookkeeping, which cost ~40 % of the client's CPU.
+        # nothing left to do but its per-call bookkeeping (~20 % of the client's CPU per call, bench/scoring.py (e)).
         response = await litellm.acompletion(
             model=_litellm_name(model),
             api_base=self.api_base,
