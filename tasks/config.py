@@ -184,7 +184,12 @@ class GatewayConfig(_Strict):
     )
     max_retries: int = Field(3, ge=0, le=10)
     max_image_side: int = Field(512, ge=32, le=4096)
-    concurrency: int = Field(32, ge=1, le=1024, description="Calls in flight per process, shared by its shards.")
+    concurrency: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Requests in flight at the gateway per process (send to the reply's last byte), shared by shards.",
+    )
     rpm: int | None = Field(None, ge=1)
     max_identical_errors: int = Field(
         20,

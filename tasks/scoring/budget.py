@@ -55,8 +55,9 @@ redis.call('HSET', KEYS[3], ARGV[3], amount)
 return 1
 """
 
-# Releases the token's lease (unless it already expired), books the actual cost, and fires
-# the alert exactly once. KEYS[2] marks the token settled: a retry books nothing twice.
+# Releases the token's lease (unless it already expired), books the actual cost, counts the
+# call unless ARGV[4] says it was never sent, and fires the alert exactly once. KEYS[2] marks
+# the token settled: a retry books nothing twice.
 # KEYS: ledger hash, settled marker, lease expiries, lease amounts.
 _SETTLE = """
 if not redis.call('SET', KEYS[2], 1, 'NX', 'EX', 3600) then
@@ -69,7 +70,7 @@ if amount then
   redis.call('ZREM', KEYS[3], ARGV[3])
 end
 local spent = redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[1]))
-redis.call('HINCRBY', KEYS[1], 'calls', 1)
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'calls', 1) end
 local fired = 0
 if spent >= tonumber(ARGV[2]) and redis.call('HSETNX', KEYS[1], 'alerted', 1) == 1 then fired = 1 end
 return {spent, fired}
@@ -101,7 +102,8 @@ class Settlement:
 
 @dataclass(frozen=True)
 class LedgerState:
-    """`calls` counts settled requests, unpaid ones (an error answer, a dropped connection) included."""
+    """`calls` counts settled requests, unpaid ones (an error answer, a dropped connection) included;
+    an attempt stopped before it was sent (a stop, Redis lost while taking its rpm slot) is not one."""
 
     spent_eur: float
     reserved_eur: float
@@ -155,11 +157,12 @@ class BudgetLedger:
         False when the lease is gone: it expired, and its room may already be someone else's."""
         return bool(self._renew(keys=[self._leases], args=[token, self._lease_ms]))
 
-    def settle(self, token: str, actual_eur: float) -> Settlement:
+    def settle(self, token: str, actual_eur: float, sent: bool = True) -> Settlement:
         """Release `token`'s reservation and book the actual cost (0 for a call that failed
-        unpaid). Settling the same token again books nothing."""
+        unpaid); `sent=False` for an attempt that never left, which is not counted in `calls`.
+        Settling the same token again books nothing."""
         keys = [self.key, f"{SETTLED_PREFIX}:{self._id}:{token}", self._leases, self._amounts]
-        spent, fired = self._settle(keys=keys, args=[to_nano(actual_eur), self._alert_at, token])
+        spent, fired = self._settle(keys=keys, args=[to_nano(actual_eur), self._alert_at, token, int(sent)])
         return Settlement(spent_eur=int(spent) / NANO, alert_fired=bool(fired))
 
     def state(self) -> LedgerState:

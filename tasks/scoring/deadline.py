@@ -14,6 +14,7 @@ flight on 2 cores with a 1 s gateway and timeout_s 1.8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
@@ -32,11 +33,15 @@ class Wire:
     `Timeout`, and a 200 whose body it cannot read or that was cut is an `InternalServerError
     (HTTP 500)` no server sent. Whether the gateway may have billed the request depends on them.
 
+    `slot` is held from before `before_send` until the reply is read or the request fails: the
+    bound on requests in flight at the gateway (`gateway.concurrency`), so the client's own work
+    around a call (litellm building the request and reading the reply, settling it) holds none.
     `before_send` is awaited right before the request goes out (the rpm slot): taken there, after
     litellm has built the request, a slow first call (litellm's lazy imports, ~1 s) cannot push
-    a send past its slot, and the deadline does not include the wait. `started` is when it went.
+    a send past its slot, and the deadline does not include either wait. `started` is when it went.
     """
 
+    slot: asyncio.Semaphore | None = None
     before_send: Callable[[], Awaitable[None]] | None = None
     # What `before_send` raised (Redis gone while taking the rpm slot): the request never left, and
     # openai would report it as a connection error, i.e. "the gateway could not be reached".
@@ -71,6 +76,10 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         wire = WIRE.get() or Wire()
+        async with wire.slot or contextlib.nullcontext():
+            return await self._send(request, wire)
+
+    async def _send(self, request: httpx.Request, wire: Wire) -> httpx.Response:
         if wire.before_send is not None:
             try:
                 await wire.before_send()

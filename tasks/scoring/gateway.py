@@ -204,6 +204,9 @@ class GatewayClient:
         self._api_key = api_key
         # Every model is served by the one gateway: one client, with a whole-reply deadline per attempt.
         self._client = deadline_client(api_base, api_key, config.timeout_s, config.attempt_deadline_s)
+        # openai imports its chat resources on first use: ~0.5 s that would otherwise hold up the
+        # first call, on the event loop's executor, while the shard's other calls wait on the GIL.
+        _ = self._client.chat.completions
 
     def worst_case_cost(self, model: str, image: PreparedImage) -> float:
         """Upper bound on one call's cost, reserved before sending.

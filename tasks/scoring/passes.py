@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
@@ -169,8 +170,14 @@ def score_shard(session: ScoringSession, candidates: Sequence[ScorableCandidate]
 class _BackgroundLoop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # Image work (decode, pHash, resize, JPEG, base64) runs in threads of its own, where PIL
+        # releases the GIL: done inline it would stall the loop and every reply in flight. Not in
+        # the loop's default executor: litellm builds each request there (`acompletion` runs
+        # `completion` via run_in_executor(None, …)), and a shard queues an image job per cache
+        # miss at its start, so calls holding a slot would wait behind them.
+        self.image_work = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tailcal-image")
         # (gateway url, concurrency) → the process's bound on calls in flight to that gateway
-        self.call_slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self.call_slots: dict[tuple[str, int], _CallSlots] = {}
         # (gateway endpoint, models) → identical non-retryable failures in a row, across shards
         self.error_streaks: dict[tuple[str, tuple[str, ...]], _ErrorStreak] = {}
         threading.Thread(target=self.loop.run_forever, name="tailcal-scoring-loop", daemon=True).start()
@@ -192,20 +199,19 @@ def _background_loop() -> _BackgroundLoop:
 
 
 async def _score_shard_async(session: ScoringSession, candidates: Sequence[ScorableCandidate]) -> list[ScoreRecord]:
-    # Image work (decode, pHash, resize, JPEG, base64) runs in worker threads, where PIL
-    # releases the GIL: done inline it stalls the loop, and every reply already in flight
-    # (this shard's and the other shards') waits behind it. Measured in bench/scoring.py (a).
-    hashes = await asyncio.to_thread(lambda: [phash64(candidate.image) for candidate in candidates])
+    background = _background_loop()
+    image_work = partial(background.loop.run_in_executor, background.image_work)
+    hashes = await image_work(lambda: [phash64(candidate.image) for candidate in candidates])
     leaders, followers = _leaders_first(hashes, max_distance_for(session.setup.cache.similarity))
-    semaphore = _call_slots(session.setup.gateway)  # runs on the background loop
+    under_way = _call_slots(session.setup.gateway).under_way  # runs on the background loop
     prepared: dict[int, PreparedImage] = {}
 
     async def call(index: int, pass_index: int) -> ScoreRecord:
         if index not in prepared:  # only cache misses pay for the resize + base64 data URI
-            prepared[index] = await asyncio.to_thread(
+            prepared[index] = await image_work(
                 prepare_image, candidates[index].image, session.setup.gateway.max_image_side
             )
-        async with semaphore:
+        async with under_way:
             return await _call(session, candidates[index].id, hashes[index], prepared[index], pass_index)
 
     records: list[ScoreRecord] = []
@@ -233,14 +239,36 @@ async def _score_shard_async(session: ScoringSession, candidates: Sequence[Scora
     return records
 
 
-def _call_slots(gateway: GatewayConfig) -> asyncio.Semaphore:
-    """The process's bound on calls in flight to one gateway, shared by every shard (all run
-    on the one background loop): `gateway.concurrency` is what the gateway sees however many
-    shards run at once, and a shard's start (hashing, look-ups) and tail overlap the others'."""
+# Calls under way per request in flight: enough that a call has its request built and waits at
+# the wire when a slot frees, few enough that budget reservations stay close to what is sent.
+UNDER_WAY_PER_SLOT = 2
+
+
+@dataclass
+class _CallSlots:
+    """The process's bounds for one gateway, shared by every shard (all run on the one background
+    loop), so a shard's start (hashing, look-ups) and tail overlap the others'.
+
+    - `on_the_wire`: requests in flight at the gateway, `gateway.concurrency`, taken as a request
+      leaves and given back when its reply is read (`Wire.slot`). Held any longer, around litellm
+      building the request and reading the reply and around settling, each slot idled for the
+      client's own CPU time: 1 × 8 and 2 × 4 reached 0.90–0.91 of the bound at 200 ms latency
+      (bench/scoring.py (a), 1,500 calls, 2026-12-04).
+    - `under_way`: calls between their budget reservation and their result, UNDER_WAY_PER_SLOT ×
+      `gateway.concurrency`; what bounds the reservations held and the requests being built.
+    """
+
+    on_the_wire: asyncio.Semaphore
+    under_way: asyncio.Semaphore
+
+
+def _call_slots(gateway: GatewayConfig) -> _CallSlots:
     slots = _background_loop().call_slots
     key = (gateway.url, gateway.concurrency)
     if key not in slots:
-        slots[key] = asyncio.Semaphore(gateway.concurrency)
+        slots[key] = _CallSlots(
+            asyncio.Semaphore(gateway.concurrency), asyncio.Semaphore(UNDER_WAY_PER_SLOT * gateway.concurrency)
+        )
     return slots[key]
 
 
@@ -372,6 +400,7 @@ async def _call(
     model_index = retries = invalid_replies = uncertain = 0
     streak = _error_streak(session)
     limit = session.setup.gateway.max_identical_errors
+    on_the_wire = _call_slots(session.setup.gateway).on_the_wire
 
     def ask_again(reason: str, retryable: bool = True) -> bool:
         """A paid reply that did not parse: whether to ask once more."""
@@ -401,8 +430,8 @@ async def _call(
                 candidate_id, pass_index, "unscored", None, cost_eur=booked_eur, reason="budget exhausted"
             )
         seed = session.setup.scoring.base_seed + pass_index
-        # The rpm slot is taken as the request leaves (see Wire).
-        wire = Wire(before_send=session.limiter.acquire)
+        # The gateway's slot and the rpm slot are taken as the request leaves (see Wire).
+        wire = Wire(slot=on_the_wire, before_send=partial(_before_send, session, streak))
         wire_token = WIRE.set(wire)
         try:
             reply = await _holding_lease(
@@ -417,8 +446,8 @@ async def _call(
             streak.failed(reason, reason, limit, _fix_for(None, session.setup.gateway), session.gateway.api_base)
             return failed(exc.model, reason)
         except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
-            if wire.local_error is not None:  # failed here, before sending (the rpm slot's Redis): not the gateway
-                await _settle(session, token, worst, 0.0, model)
+            if wire.local_error is not None:  # stopped here before sending (a stop, the rpm slot's Redis)
+                await _settle(session, token, worst, 0.0, model, sent=False)
                 raise wire.local_error from None
             # Sent and not refused with an error status (timed out, cut, or a 2xx litellm could not
             # read): the provider may have billed it, so it is booked at its worst case.
@@ -474,6 +503,13 @@ async def _call(
             reply.cost_eur + booked_eur,
             reply.latency_s,
         )
+
+
+async def _before_send(session: ScoringSession, streak: _ErrorStreak) -> None:
+    """Right before a request leaves: a stop raised while it waited for its slot sends nothing
+    more (GatewayError), then its rpm slot."""
+    streak.check()
+    await session.limiter.acquire()
 
 
 UNREADABLE_FIX = (
@@ -565,11 +601,13 @@ async def _reserve(session: ScoringSession, worst_eur: float, token: str) -> Res
         await asyncio.sleep(RESERVE_WAIT_S)
 
 
-async def _settle(session: ScoringSession, token: str, reserved_eur: float, actual_eur: float, model: str) -> None:
+async def _settle(
+    session: ScoringSession, token: str, reserved_eur: float, actual_eur: float, model: str, sent: bool = True
+) -> None:
     if actual_eur > reserved_eur:
         log.warning("call cost €%.6f exceeded its reservation €%.6f (model %s)", actual_eur, reserved_eur, model)
     settlement = await _ride_out(
-        partial(session.ledger.settle, token, actual_eur), f"settling a €{actual_eur:.6f} call"
+        partial(session.ledger.settle, token, actual_eur, sent), f"settling a €{actual_eur:.6f} call"
     )
     session.metrics.spend_eur.labels(ledger=session.ledger_label, model=model).inc(actual_eur)
     session.metrics.budget_spent_eur.labels(ledger=session.ledger_label).set(settlement.spent_eur)

@@ -38,13 +38,16 @@ PLAN = FaultPlan(
 
 
 class SpyLedger(BudgetLedger):
-    """The real Redis ledger, recording every settlement the scoring code makes."""
+    """The real Redis ledger, recording every settlement of a sent request the scoring code makes."""
 
     settled_nano: list[int]
 
-    def settle(self, token: str, actual_eur: float):
-        self.settled_nano.append(to_nano(actual_eur))
-        return super().settle(token, actual_eur)
+    def settle(self, token: str, actual_eur: float, sent: bool = True):
+        if sent:
+            self.settled_nano.append(to_nano(actual_eur))
+        else:
+            assert actual_eur == 0, f"an unsent attempt booked €{actual_eur}"
+        return super().settle(token, actual_eur, sent)
 
 
 def test_faulty_gateway_accounts_for_every_candidate_within_retry_cap_and_budget(redis_client, distinct_pool):

@@ -338,6 +338,17 @@ def test_a_retried_reservation_and_settlement_book_once(redis_client):
     assert ledger.state().calls == 2 and abs(ledger.state().spent_eur - 0.006) < 1e-12, "t-2 is a new settlement"
 
 
+def test_an_attempt_stopped_before_it_was_sent_frees_its_reservation_and_is_not_a_call(redis_client):
+    # given a reserved attempt that never left the process (a stop, or Redis lost taking its rpm slot)
+    ledger = BudgetLedger(redis_client, "unsent-key", cap_eur=1.0, alert_fraction=0.8)
+    assert ledger.reserve(0.01, "u-1") is Reservation.GRANTED, "reservation granted"
+    # when it is settled as unsent
+    ledger.settle("u-1", 0.0, sent=False)
+    # then its room is free again and the ledger counts no call
+    state = ledger.state()
+    assert (state.spent_eur, state.reserved_eur, state.calls) == (0.0, 0.0, 0), f"nothing booked: {state}"
+
+
 def test_a_dead_process_reservations_expire_and_free_the_budget(redis_client, scorer, pool_dir):
     # given a process that reserved most of a small cap and died before settling
     config = scoring_config(budget={"cap_eur": 0.002})
@@ -380,3 +391,41 @@ def test_shards_scored_at_once_share_the_concurrency_bound(redis_client, pool_di
     assert all(len(r) == 40 for r in results), "both shards finished"
     assert server.stats["requests"] > 8, f"enough calls to fill the slots: {server.stats['requests']}"
     assert server.stats["peak_in_flight"] == 4, f"peak in flight {server.stats['peak_in_flight']}, bound 4"
+
+
+class _HeldReservations(BudgetLedger):
+    """The real ledger, counting reservations held at once."""
+
+    held: int
+    peak: int
+
+    def reserve(self, worst_case_eur: float, token: str) -> Reservation:
+        reservation = super().reserve(worst_case_eur, token)
+        if reservation is Reservation.GRANTED:
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+        return reservation
+
+    def settle(self, token: str, actual_eur: float, sent: bool = True):
+        self.held -= 1
+        return super().settle(token, actual_eur, sent)
+
+
+def test_calls_wait_at_the_wire_with_their_request_built_within_twice_the_concurrency(redis_client, distinct_pool):
+    # given a scorer that holds every reply for 100 ms, gateway.concurrency 4 and 40 distinct candidates
+    config = scoring_config(gateway={"concurrency": 4})
+    server = start_scorer(ScorerSettings(latency_s=0.1))
+    try:
+        session = session_for(config, redis_client, server.base_url)
+        session.ledger.__class__ = _HeldReservations
+        session.ledger.held = session.ledger.peak = 0
+        # when the shard is scored
+        records = score_shard(session, rows(distinct_pool, 0, 40))
+    finally:
+        server.stop()
+    # then the gateway sees at most 4 at once, while more calls hold a reservation, ready to send,
+    # but never more than twice the concurrency: the budget held back stays close to what is sent
+    assert [r.status for r in records] == ["scored"] * 40, "every candidate scored"
+    assert server.stats["peak_in_flight"] == 4, f"peak in flight {server.stats['peak_in_flight']}, bound 4"
+    assert 4 < session.ledger.peak <= 8, f"{session.ledger.peak} reservations held at once, expected 5..8"
+    assert session.ledger.held == 0, "every reservation settled"
