@@ -15,6 +15,7 @@ a gateway that cannot be reached, and a reply that asking again cannot mend.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -506,10 +507,11 @@ async def _call(
 
 
 async def _before_send(session: ScoringSession, streak: _ErrorStreak) -> None:
-    """Right before a request leaves: a stop raised while it waited for its slot sends nothing
-    more (GatewayError), then its rpm slot."""
+    """Right before a request leaves, holding its gateway slot: its rpm slot, and no send once a
+    stop was raised (GatewayError), checked after each wait (an rpm slot can be seconds away)."""
     streak.check()
-    await session.limiter.acquire()
+    await _ride_out(session.limiter.acquire, "taking an rpm slot")
+    streak.check()
 
 
 UNREADABLE_FIX = (
@@ -626,15 +628,18 @@ async def _settle(
 
 
 async def _ride_out(operation, doing: str):
-    """Run a Redis operation, retrying through a connection outage of up to REDIS_OUTAGE_S.
+    """Run a Redis operation (a function, or a coroutine function), retrying through a connection
+    outage of up to REDIS_OUTAGE_S.
 
     Every operation retried here is idempotent: look-ups, cache stores, and reservations
-    and settlements named by their token."""
+    and settlements named by their token; an rpm slot whose reply was lost is taken again,
+    which leaves one slot unused (fewer sends, never more)."""
     deadline = time.monotonic() + REDIS_OUTAGE_S
     delay = 0.1
     while True:
         try:
-            return operation()
+            result = operation()
+            return await result if inspect.isawaitable(result) else result
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() >= deadline:
                 raise ServiceError(

@@ -135,6 +135,26 @@ def test_identical_paid_replies_cut_at_the_length_limit_stop_the_job_and_are_all
     assert state.reserved_eur == 0, f"no reservation is left: {state}"
 
 
+def test_calls_waiting_for_an_rpm_slot_send_nothing_once_the_gateway_is_stopped(redis_client, distinct_pool):
+    # given a gateway that rejects every request, a stop after 1 failure, and rpm 60: the calls
+    # already at the wire wait 1, 2 and 3 s for their rpm slots
+    config = scoring_config(
+        gateway={"concurrency": CONCURRENCY, "rpm": 60, "max_identical_errors": 1, "max_retries": 0}
+    )
+    server = start_scorer(ScorerSettings(latency_s=0.02, faults=FaultPlan(bad_request=1.0)))
+    try:
+        session = session_for(config, redis_client, server.base_url)
+        # when a shard is scored
+        with pytest.raises(GatewayError, match="max_identical_errors"):
+            score_shard(session, [_Candidate(r.id, r.image) for r in rows(distinct_pool, 400, 20)])
+    finally:
+        server.stop()
+    # then only the first request left: the others reached their rpm slots after the stop
+    assert server.stats["requests"] == 1, f"{server.stats['requests']} requests sent for a stop after 1"
+    state = session.ledger.state()
+    assert state.calls == 1 and state.reserved_eur == 0, f"one call booked, nothing held: {state}"
+
+
 def test_the_same_failure_among_scored_calls_does_not_stop_a_run(redis_client, distinct_pool):
     # given a gateway that rejects ~30 % of requests with the same 400, one call at a time
     limit = 8

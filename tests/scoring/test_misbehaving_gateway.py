@@ -10,7 +10,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+import redis
 
+from tasks.errors import ServiceError
+from tasks.scoring import passes
 from tasks.scoring.budget import BudgetLedger, to_nano
 from tasks.scoring.cache import phash64
 from tasks.scoring.passes import score_shard
@@ -255,3 +258,49 @@ def test_a_failure_taking_the_rpm_slot_is_not_reported_as_an_unreachable_gateway
     assert server.requests == 0, "nothing was sent"
     state = session.ledger.state()
     assert state.reserved_eur == 0 and state.spent_eur == 0, f"nothing booked or left held: {state}"
+
+
+def _flaky_limiter(session, failures: int | None):
+    """The session's real limiter, raising redis.ConnectionError on its first `failures` calls (None: always)."""
+    real, left = session.limiter.acquire, [failures]
+
+    async def acquire(*args, **kwargs):
+        if left[0] is None or left[0] > 0:
+            left[0] = None if left[0] is None else left[0] - 1
+            raise redis.ConnectionError("Connection refused (Redis restarting)")
+        await real(*args, **kwargs)
+
+    session.limiter.acquire = acquire
+
+
+def test_redis_lost_for_a_moment_while_taking_the_rpm_slot_is_ridden_out(redis_client, distinct_pool):
+    # given a limiter whose Redis refuses its first two calls, as during a restart
+    server = ScriptedGateway(lambda r: (200, completion(r["model"], '{"difficulty": 0.5, "factors": []}')))
+    try:
+        session = session_for(scoring_config(gateway={"rpm": 600}), redis_client, server.base_url)
+        _flaky_limiter(session, failures=2)
+        # when a shard is scored, then every candidate is scored once, each request booked once
+        records = score_shard(session, rows(distinct_pool, 0, 3))
+    finally:
+        server.stop()
+    assert [r.status for r in records] == ["scored"] * 3, records
+    state = session.ledger.state()
+    assert server.requests == state.calls == 3 and state.reserved_eur == 0, f"{server.requests} sent, {state}"
+
+
+def test_redis_lost_for_good_while_taking_the_rpm_slot_stops_the_shard_naming_redis(
+    redis_client, distinct_pool, monkeypatch
+):
+    # given a limiter whose Redis stays away longer than the outage scoring rides out
+    monkeypatch.setattr(passes, "REDIS_OUTAGE_S", 0.3)
+    server = ScriptedGateway(lambda r: (200, completion(r["model"], '{"difficulty": 0.5, "factors": []}')))
+    try:
+        session = session_for(scoring_config(gateway={"rpm": 600}), redis_client, server.base_url)
+        _flaky_limiter(session, failures=None)
+        # when a shard is scored, then it stops with a ServiceError naming Redis and the step, nothing sent or held
+        with pytest.raises(ServiceError, match=r"Redis unreachable .* while taking an rpm slot"):
+            score_shard(session, rows(distinct_pool, 0, 3))
+    finally:
+        server.stop()
+    state = session.ledger.state()
+    assert server.requests == state.calls == 0 and state.reserved_eur == 0, f"{server.requests} sent, {state}"
