@@ -204,7 +204,7 @@ async def _score_shard_async(session: ScoringSession, candidates: Sequence[Scora
     image_work = partial(background.loop.run_in_executor, background.image_work)
     hashes = await image_work(lambda: [phash64(candidate.image) for candidate in candidates])
     leaders, followers = _leaders_first(hashes, max_distance_for(session.setup.cache.similarity))
-    under_way = _call_slots(session.setup.gateway).under_way  # runs on the background loop
+    slots = _call_slots(session.setup.gateway)  # runs on the background loop
     prepared: dict[int, PreparedImage] = {}
 
     async def call(index: int, pass_index: int) -> ScoreRecord:
@@ -212,8 +212,10 @@ async def _score_shard_async(session: ScoringSession, candidates: Sequence[Scora
             prepared[index] = await image_work(
                 prepare_image, candidates[index].image, session.setup.gateway.max_image_side
             )
-        async with under_way:
-            return await _call(session, candidates[index].id, hashes[index], prepared[index], pass_index)
+        async with slots.under_way:
+            return await _call(
+                session, candidates[index].id, hashes[index], prepared[index], pass_index, slots.on_the_wire
+            )
 
     records: list[ScoreRecord] = []
     for pass_index in range(session.setup.scoring.passes):
@@ -253,8 +255,8 @@ class _CallSlots:
     - `on_the_wire`: requests in flight at the gateway, `gateway.concurrency`, taken as a request
       leaves and given back when its reply is read (`Wire.slot`). Held any longer, around litellm
       building the request and reading the reply and around settling, each slot idled for the
-      client's own CPU time: 1 × 8 and 2 × 4 reached 0.90–0.91 of the bound at 200 ms latency
-      (bench/scoring.py (a), 1,500 calls, 2026-12-04).
+      client's own CPU time: 1 × 8 and 2 × 4 reached 0.894–0.914 of the bound at 200 ms latency
+      (bench/scoring.py's (a) rows, 1,500 calls, 2026-12-04; 0.921–0.936 after).
     - `under_way`: calls between their budget reservation and their result, UNDER_WAY_PER_SLOT ×
       `gateway.concurrency`; what bounds the reservations held and the requests being built.
     """
@@ -372,9 +374,15 @@ def _leaders_first(hashes: list[int], max_distance: int) -> tuple[list[int], lis
 
 
 async def _call(
-    session: ScoringSession, candidate_id: str, phash: int, image: PreparedImage, pass_index: int
+    session: ScoringSession,
+    candidate_id: str,
+    phash: int,
+    image: PreparedImage,
+    pass_index: int,
+    on_the_wire: asyncio.Semaphore,
 ) -> ScoreRecord:
-    """A cache miss, sent until it is scored or given up on.
+    """A cache miss, sent until it is scored or given up on; each request holds one of
+    `on_the_wire` (`_CallSlots`) from its send to its reply's last byte.
 
     Every request that leaves the process (a first try, a retry, a provider fallback, an invalid
     reply asked again) first reserves its own worst-case cost and takes its own rpm slot, then is
@@ -401,7 +409,6 @@ async def _call(
     model_index = retries = invalid_replies = uncertain = 0
     streak = _error_streak(session)
     limit = session.setup.gateway.max_identical_errors
-    on_the_wire = _call_slots(session.setup.gateway).on_the_wire
 
     def ask_again(reason: str, retryable: bool = True) -> bool:
         """A paid reply that did not parse: whether to ask once more."""
