@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BENCHMARKS = {"realistic": "configs/claim.yaml", "iid": "configs/claim-iid.yaml"}
-STRATEGIES = ["first_n", "random", "stratified", "hard_tail_mix", "coverage"]
+STRATEGIES = ["first_n", "random", "stratified", "hard_tail_mix", "coverage", "widest_ranges"]
 
 
 def verdicts(rows, strategy: str) -> list[str]:
@@ -81,6 +81,15 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="evaluate each cell's weights-only model for the activation part (default: the config's)",
     )
+    parser.add_argument(
+        "--factor-rows",
+        nargs="*",
+        help="strategies also run grouped by the VLM's factor tags (default: the config's "
+        "selection.ablation_factor_rows); none given: no factor rows",
+    )
+    parser.add_argument(
+        "--goal-strategy", help="the strategy the goal is checked for (default: the config's selection.strategy)"
+    )
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--ks", nargs="+", default=["16", "64", "300"])
     parser.add_argument(
@@ -100,10 +109,12 @@ def main() -> None:
         runs = [(name, archive_config(path, seed), seed) for name, path, _ in runs for seed in args.data_seeds]
     by_archive: dict[str, list] = {}
     for name, config_path, data_seed in runs:
-        strategy = load_config(config_path).selection.strategy
+        strategy = args.goal_strategy or load_config(config_path).selection.strategy
         started = time.perf_counter()
         argv = ["ablate", "--config", config_path, "--strategies", *args.strategies, "--estimators", *args.estimators]
         argv += ["--bias-corrections", *args.bias_corrections] if args.bias_corrections else []
+        if args.factor_rows is not None:
+            argv += ["--factor-rows", *args.factor_rows]
         if args.gap_decomposition is not None:
             argv += [f"--gap-decomposition={str(args.gap_decomposition).lower()}"]
         result = app([*argv, "--seeds", *args.seeds, "--ks", *args.ks], exit_on_error=True)

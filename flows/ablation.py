@@ -14,7 +14,7 @@ A `factor_rows` strategy (`selection.ablation_factor_rows`) also runs as a row o
 what the strategy does on a real pool, which has no condition column.
 
 Every seed's selection is made before any PTQ. A row whose seeds all select the same images
-(first_n and topk always; coverage when its greedy picks fill K, so its seeded fill draws
+(first_n, topk and widest_ranges always; coverage when its greedy picks fill K, so its seeded fill draws
 nothing) runs once and reads "deterministic" in the table: repeating it would show the
 same gap as if it were seed spread. `--bias-corrections fast none` crosses NNCF's fast bias
 correction with none (`quantization.bias_correction`).
@@ -46,6 +46,7 @@ from flows.stages import (
 )
 from tasks import tracking
 from tasks.config import (
+    NEEDS_PROFILES,
     BiasCorrection,
     GroupingStrategy,
     Override,
@@ -60,9 +61,17 @@ from tasks.config import (
 if TYPE_CHECKING:
     from tasks.reporting.ablation_table import TableRow
 
-DEFAULT_STRATEGIES: list[SelectionStrategy] = ["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
+DEFAULT_STRATEGIES: list[SelectionStrategy] = [
+    "first_n",
+    "topk",
+    "random",
+    "stratified",
+    "hard_tail_mix",
+    "coverage",
+    "widest_ranges",
+]
 DEFAULT_ESTIMATORS: list[RangeEstimator] = ["MEAN_MINMAX", "MINMAX", "MEAN_QUANTILE", "HISTOGRAM"]
-SEED_FREE = {"topk", "first_n"}  # the same ids whatever the seed: one seed is enough
+SEED_FREE = {"topk", "first_n", "widest_ranges"}  # the same ids whatever the seed: one seed is enough
 # Strategies every row is compared with: the users' default (NNCF's first N) and a random draw.
 REFERENCES = ("first_n", "random")
 
@@ -147,12 +156,13 @@ def ablation(
 
     Args:
         config_path: YAML config file.
-        strategies: Selection strategies to compare (default: all six).
+        strategies: Selection strategies to compare (default: all seven).
         estimators: NNCF activation range estimators (default: all four).
         bias_corrections: NNCF bias correction after PTQ, fast or none (default: the config's
             quantization.bias_correction); more than one adds a column to the table.
         seeds: Selection seeds, ≥ 0 (default: 0 1 2). A strategy that selects the same images for
-            every seed (first_n, topk; coverage when its greedy picks fill K) runs once: "deterministic".
+            every seed (first_n, topk, widest_ranges; coverage when its greedy picks fill K) runs once:
+            "deterministic".
         ks: Calibration set sizes (default: the config's selection.k).
         subset_size: Score only a deterministic sample of this many candidates (pool.subset_size).
         factor_rows: Strategies run once more grouped by the VLM's factor tags, the condition column ignored
@@ -205,7 +215,7 @@ def ablation(
         tracking.log_artifact(parent, str(scored.scores_path))
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
         fp16.matches.save(run_dir / "fp16_matches.npz")
-        needs_profiles = any(section.strategy == "coverage" for section in selections.values())
+        needs_profiles = any(section.strategy in NEEDS_PROFILES for section in selections.values())
         profiles = pool_profile_stage(config, env, fp_ir) if needs_profiles else None
 
         # Every seed's selection first (seconds, next to a PTQ per cell): seeds that select the

@@ -32,6 +32,7 @@ from flows.stages import (
 )
 from tasks import tracking
 from tasks.config import (
+    NEEDS_PROFILES,
     BiasCorrection,
     Override,
     RangeEstimator,
@@ -272,7 +273,7 @@ def release_cycle(
         scored = score_stage(config, env, run_dir, largest_k=config.selection.k)
         log_pool_dataset(run, config, scored)
         fp16 = evaluate_fp16(fp_ir, split, config.evaluation)
-        profiles = pool_profile_stage(config, env, fp_ir) if config.selection.strategy == "coverage" else None
+        profiles = pool_profile_stage(config, env, fp_ir) if config.selection.strategy in NEEDS_PROFILES else None
         selection = select(scored.outcome.scores, config.selection, profiles)
         calibration = calibrate_and_compare(
             config.pool,

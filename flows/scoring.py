@@ -197,7 +197,7 @@ def _worker_environment() -> dict[str, str]:
 
 
 def pool_profile_stage(config: TailcalConfig, env: RuntimeEnv, fp_ir: Path) -> ActivationProfiles:
-    """The pool's activation profiles for the `coverage` strategy (in a flow's body): one task
+    """The pool's activation profiles for the `coverage` and `widest_ranges` strategies (in a flow's body): one task
     here, or with `scoring.runner: dask` shards of `scoring.shard_size` candidates on the Dask
     runner scoring uses, as many in flight as scoring keeps there, merged in pool order. Each image is
     profiled alone, so both give the same profiles. Workers of a remote scheduler must read

@@ -87,7 +87,7 @@ def load_split(evaluation: EvaluationConfig, detector: DetectorConfig) -> EvalSp
 
 @task(name="activation-profiles", cache_policy=NONE)
 def pool_profiles(pool: PoolConfig, fp_ir: Path) -> ActivationProfiles:
-    """Per-candidate activation min/max over the pool, for the `coverage` strategy."""
+    """Per-candidate activation min/max over the pool, for the `coverage` and `widest_ranges` strategies."""
     from tasks.calibration.profiles import profile_pool
     from tasks.ingest import IngestReport, iter_candidate_batches
 

@@ -6,6 +6,7 @@ so a config file can be committed, logged to MLflow and passed to Prefect safely
 
 from __future__ import annotations
 
+import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.errors import ConfigError
 from tasks.redaction import mask_url
 
-SelectionStrategy = Literal["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage"]
+SelectionStrategy = Literal["first_n", "topk", "random", "stratified", "hard_tail_mix", "coverage", "widest_ranges"]
+# Strategies that read the pool's activation profiles (one more pass of the FP IR over the pool).
+NEEDS_PROFILES: frozenset[str] = frozenset({"coverage", "widest_ranges"})
 # How stratified sampling groups the pool: by its condition column, or by the VLM's factor tags.
 Grouping = Literal["auto", "condition", "factors"]
 # The strategies that group the pool (stratified sampling or a stratified fill).
@@ -548,6 +551,19 @@ class TailcalConfig(_Strict):
         }
         for name, section in resolved.items():
             object.__setattr__(self, name, section)
+        return self
+
+    @model_validator(mode="after")
+    def _warn_widest_ranges_under_minmax(self) -> TailcalConfig:
+        # Measured on the realistic claim benchmark over three archives (README, "Does it beat
+        # first_n?"): under MINMAX a layer's range is the union over the set, so the widest
+        # images widen every layer's INT8 step, and the set loses more than first_n's.
+        if self.selection.strategy == "widest_ranges" and self.quantization.range_estimator == "MINMAX":
+            logging.getLogger(__name__).warning(
+                "selection.strategy widest_ranges is built for averaged ranges (MEAN_MINMAX, NNCF's default): "
+                "with quantization.range_estimator MINMAX its widest images widen every layer's INT8 step. "
+                "Use MEAN_MINMAX with it, or another strategy with MINMAX"
+            )
         return self
 
     @property

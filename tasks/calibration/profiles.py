@@ -2,7 +2,7 @@
 
 NNCF's range estimators (MINMAX, MEAN_MINMAX) build every activation range from exactly
 these per-image minima and maxima, so a profile of the pool says, before any quantization,
-which images reach which layer's extremes. The coverage selection strategy reads it.
+which images reach which layer's extremes. The coverage and widest_ranges strategies read it.
 
 Sites: by default the tensor feeding each (Group)Convolution's data input, which is where
 NNCF puts activation FakeQuantize ops; a tensor feeding several convolutions is profiled
@@ -132,7 +132,7 @@ def activation_profiles(
 def profile_pool(ir_path: str | Path, batches: Iterable[Sequence[ImageCandidate]]) -> ActivationProfiles:
     """Profiles of every candidate streamed from ingest, one image at a time, with their ids.
 
-    For the `coverage` strategy: the pool is read once more, and only two numbers per image
+    For `coverage` and `widest_ranges`: the pool is read once more, and only two numbers per image
     and site are kept.
     """
     from tasks.detection.runtime import preprocessing_of

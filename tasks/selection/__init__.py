@@ -5,7 +5,7 @@
 `describe_selection` turns the result into the run's selection.parquet and metrics.
 """
 
-from tasks.selection.coverage import LayerTargets, layer_targets, range_coverage
+from tasks.selection.coverage import LayerTargets, layer_targets, range_coverage, range_widths
 from tasks.selection.grouping import NO_FACTOR, UNKNOWN_STRATUM, factor_rarity, factor_stratum
 from tasks.selection.outcome import SelectionOutcome, describe_selection
 from tasks.selection.pool import PoolItem, SelectionInput, Strata
@@ -28,5 +28,6 @@ __all__ = [
     "factor_stratum",
     "layer_targets",
     "range_coverage",
+    "range_widths",
     "select_calibration_set",
 ]

@@ -1,4 +1,5 @@
-"""Activation-range coverage: greedily pick images whose activations reach each layer's extremes.
+"""Activation-range coverage: greedily pick images whose activations reach each layer's extremes;
+and how wide each image's ranges are, for the `widest_ranges` strategy (`range_widths`).
 
 Why this helps PTQ: NNCF builds every activation range from per-image minima and maxima.
 Under MINMAX the range is the union over the calibration images, so a layer whose extreme
@@ -118,6 +119,29 @@ def aligned_profiles(
         raise SelectionError("no candidate in the pool has an activation profile: profile the pool's images by id")
     rows = [row_of[items[i].id] for i in indices]
     return indices, values[rows].astype(np.float64)
+
+
+def range_widths(values: np.ndarray) -> np.ndarray:
+    """How far each image's activations reach, layer by layer, past the pool's typical image:
+    `[n]` from per-image (min, max) profiles `values` [n, layers, 2].
+
+    Per layer, (max − the pool's median max) + (the pool's median min − min), in units of the
+    layer's pool range (99th percentile of maxima − 1st percentile of minima), then the mean
+    over layers. Positive: wider than the median image. Layers whose pool range is zero count
+    0. Hand-written: no library scores images by activation range.
+
+    Why it matters: under MEAN_MINMAX (NNCF's default) a layer's range is the mean of the
+    calibration images' per-image min/max, so a set of narrow-range images (dark, flat,
+    low-contrast frames) gives narrow ranges that clip every wider image at inference; the
+    widest images pull the averaged range toward the pool's extremes.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mins, maxs = values[:, :, 0], values[:, :, 1]
+    span = np.quantile(maxs, 0.99, axis=0) - np.quantile(mins, 0.01, axis=0)
+    live = span > _EPS
+    reach = (maxs - np.median(maxs, axis=0)) + (np.median(mins, axis=0) - mins)
+    per_layer = np.where(live, reach / np.where(live, span, 1.0), 0.0)
+    return per_layer.mean(axis=1)
 
 
 def greedy_cover(values: np.ndarray, ids: Sequence[str], k: int, targets: LayerTargets) -> list[int]:

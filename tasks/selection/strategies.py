@@ -1,4 +1,5 @@
-"""Calibration-set strategies: first_n, topk, random, stratified, hard_tail_mix and coverage.
+"""Calibration-set strategies: first_n, topk, random, stratified, hard_tail_mix, coverage and
+widest_ranges.
 
 Every strategy is a deterministic function of the pool, K and the seed: candidates are
 ordered by id before any random draw, so the order rows arrive in never matters, and ties
@@ -38,7 +39,7 @@ import pyarrow as pa
 from tasks.calibration.profiles import ActivationProfiles
 from tasks.config import SelectionConfig, SelectionStrategy
 from tasks.errors import SelectionError
-from tasks.selection.coverage import aligned_profiles, greedy_cover, layer_targets, range_coverage
+from tasks.selection.coverage import aligned_profiles, greedy_cover, layer_targets, range_coverage, range_widths
 from tasks.selection.pool import PoolItem, SelectionInput
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,15 @@ def _first_n(pool: SelectionInput, k: int) -> list[Pick]:
 def _topk(items: Sequence[PoolItem], k: int) -> list[Pick]:
     ranked = sorted((item for item in items if item.scored), key=lambda item: (-item.difficulty, item.id))
     return [(item, "hard") for item in ranked[:k]]
+
+
+def _widest_ranges(items: Sequence[PoolItem], k: int, profiles: ActivationProfiles | np.ndarray) -> list[Pick]:
+    indices, values = aligned_profiles(items, profiles)
+    _require(k, len(indices), "widest_ranges", "with an activation profile", " or profile more of the pool")
+    widths = range_widths(values)
+    ids = [items[i].id for i in indices]
+    ranked = sorted(range(len(indices)), key=lambda row: (-widths[row], ids[row]))
+    return [(items[indices[row]], "wide") for row in ranked[:k]]
 
 
 def _random(items: Sequence[PoolItem], k: int, seed: int) -> list[Pick]:
@@ -189,6 +199,10 @@ def select_calibration_set(
       `tasks.calibration.profiles`); greedy picks that cover each layer's
       [coverage_tail_quantile, 1 − q] pool range (see `tasks.selection.coverage`), then the
       rest stratified over the remaining candidates.
+    - widest_ranges: needs `profiles`; the k candidates whose activation ranges reach widest
+      past the pool's median image, layer by layer (`tasks.selection.coverage.range_widths`),
+      widest first, ties by id. No seed, no difficulty: built for MEAN_MINMAX, where a set of
+      narrow-range frames clips everything wider.
 
     Raises SelectionError when K exceeds the eligible candidates, naming both and the fix,
     and when the grouping asked for has nothing to group by or the pool order is ambiguous.
@@ -232,12 +246,14 @@ def select_calibration_set(
         picks = _topk(items, n_hard)
         chosen = {item.id for item, _ in picks}
         picks += _stratified([item for item in items if item.id not in chosen], k - n_hard, seed, strata.of)
+    elif profiles is None:
+        raise SelectionError(
+            f"strategy {strategy!r} needs activation profiles: compute them with "
+            "tasks.calibration.profiles.profile_pool on the FP IR and pass profiles="
+        )
+    elif strategy == "widest_ranges":
+        picks = _widest_ranges(items, k, profiles)
     else:
-        if profiles is None:
-            raise SelectionError(
-                "strategy 'coverage' needs activation profiles: compute them with "
-                "tasks.calibration.profiles.profile_pool on the FP IR and pass profiles="
-            )
         _require(k, len(items), strategy, "the whole pool", " or add candidates to the pool")
         indices, values = aligned_profiles(items, profiles)
         targets = layer_targets(values, tail_quantile)

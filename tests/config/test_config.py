@@ -1,5 +1,6 @@
 """Config loading: valid files load; bad ones fail at start naming key, value and what is allowed."""
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -250,3 +251,22 @@ def test_a_shifted_production_mix_and_a_factors_row_load(tmp_path):
     assert config.data.synthetic.eval_conditions == {"low_light": 2, "normal": 2}, "weights are kept as given"
     assert config.data.synthetic.conditions is None, "the pool keeps the built-in mix"
     assert config.selection.ablation_factor_rows == ["hard_tail_mix"], "a repeated row runs once"
+
+
+def test_widest_ranges_under_minmax_is_warned_of_naming_both_keys(tmp_path, caplog):
+    # given the same config with MEAN_MINMAX and with MINMAX
+    for estimator, warned in (("MEAN_MINMAX", False), ("MINMAX", True)):
+        path = tmp_path / f"{estimator}.yaml"
+        path.write_text(
+            "gateway:\n  url: embedded\n  models: [{name: m, input_eur_per_mtok: 1, output_eur_per_mtok: 1}]\n"
+            "budget:\n  cap_eur: 1\n"
+            f"selection:\n  strategy: widest_ranges\nquantization:\n  range_estimator: {estimator}\n"
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tasks.config"):
+            load_config(path)
+        # then only MINMAX is warned of, and the warning names the strategy, the estimator and the fix
+        text = caplog.text
+        assert ("widest_ranges" in text and "range_estimator MINMAX" in text and "Use MEAN_MINMAX" in text) is warned, (
+            f"{estimator}: {text!r}"
+        )

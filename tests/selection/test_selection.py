@@ -16,6 +16,7 @@ from tasks.selection import (
     check_k_fits,
     layer_targets,
     range_coverage,
+    range_widths,
     select_calibration_set,
 )
 
@@ -260,6 +261,59 @@ def test_coverage_with_profiles_for_part_of_the_pool_fills_from_the_rest(pool, p
     greedy = {i for i, reason in zip(chosen.ids, chosen.reasons, strict=True) if reason == "coverage"}
     assert greedy <= set(part.ids), "greedy picks come from profiled candidates only"
     assert len(set(chosen.ids)) == 30, "the fill draws from the whole remaining pool"
+
+
+def _layered_profiles(ids, low, high) -> ActivationProfiles:
+    """Profiles [n, 2 layers, 2]: layer 0 spans [low, high] per image, layer 1 is the same
+    image scaled ×100 (a layer with larger activations), so the ranking is read in layer
+    units and not in raw values."""
+    values = np.stack([np.stack([low, high], -1), np.stack([100 * low, 100 * high], -1)], 1)
+    return ActivationProfiles(("conv0", "conv1"), values.astype(np.float32), tuple(ids))
+
+
+def test_widest_ranges_takes_the_images_whose_ranges_reach_furthest_widest_first_ties_by_id():
+    # given 8 candidates in pool order whose ranges widen with their number, and "c7" tied with "c6"
+    ids = [f"c{i}" for i in range(8)]
+    pool = SelectionInput(tuple(PoolItem(i, position=n) for n, i in enumerate(ids)))
+    half = np.array([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 2.0, 2.0])
+    profiles = _layered_profiles(ids, -half, half)
+    # when widest_ranges takes 3, with any seed
+    chosen = [
+        select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=3, seed=s), profiles) for s in (0, 5)
+    ]
+    # then the widest come first, the tie by id, and the seed changes nothing
+    assert chosen[0].ids == ("c6", "c7", "c5"), chosen[0].ids
+    assert chosen[1].ids == chosen[0].ids, "no draw: the seed does not reach widest_ranges"
+    assert set(chosen[0].reasons) == {"wide"}
+    # and reach on one side is weighed against falling short on the other: "c7" spanning [-1, 3] ties
+    # "c6" at [-2, 2] (1.65 past the median max, 0.25 short of the median min), [-1, 3.5] beats it
+    for top, first in ((3.0, "c6"), (3.5, "c7")):
+        lopsided = _layered_profiles(ids, -np.r_[half[:7], 1.0], np.r_[half[:7], top])
+        picked = select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=1), lopsided).ids
+        assert picked == (first,), f"c7 reaching {top}: {picked}"
+
+
+def test_range_widths_are_in_units_of_each_layers_pool_range_and_a_flat_layer_counts_zero():
+    # given two layers where image 1 reaches 1 pool-range unit past the median image on layer 0 only,
+    # and a third layer that never varies (a constant activation)
+    values = np.zeros((3, 3, 2))
+    values[:, 0] = [[-1, 1], [-1, 2], [-1, 1]]
+    values[:, 1] = [[-500, 500], [-500, 500], [-500, 500]]
+    values[:, 2] = [[0, 0], [0, 0], [0, 0]]
+    widths = range_widths(values)
+    # then image 1's width is its reach on layer 0 (1 of a 2.98 range) averaged over 3 layers; the others 0
+    span = np.quantile([1, 2, 1], 0.99) - (-1)
+    np.testing.assert_allclose(widths, [0.0, 1 / span / 3, 0.0], atol=1e-12)
+
+
+def test_widest_ranges_needs_profiles_and_enough_profiled_candidates(pool, profiles):
+    with pytest.raises(SelectionError, match="'widest_ranges' needs activation profiles"):
+        select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=5))
+    # given profiles for 50 candidates only: those 50 are all it can rank
+    part = ActivationProfiles(profiles.layer_names, profiles.values[:50], profiles.ids[:50])
+    assert set(select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=50), part).ids) == set(part.ids)
+    with pytest.raises(SelectionError, match=r"selection.k=51 .* only 50 .*with an activation profile.*profile more"):
+        select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=51), part)
 
 
 def test_check_k_fits_refuses_a_k_the_pool_cannot_fill():
