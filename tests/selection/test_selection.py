@@ -1,5 +1,7 @@
 """Calibration-set selection: deterministic, exactly K distinct ids, and each strategy keeps its promise."""
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -320,3 +322,63 @@ def test_check_k_fits_refuses_a_k_the_pool_cannot_fill():
     check_k_fits(30, 30, "s3://pool/")  # exactly full is fine
     with pytest.raises(SelectionError, match=r"selection.k=31 but pool s3://pool/ holds 30 candidate"):
         check_k_fits(31, 30, "s3://pool/")
+
+
+@pytest.mark.parametrize("strategy", ["widest_ranges", "coverage"])
+def test_profiles_as_an_array_follow_the_pool_order_not_the_row_order_items_come_in(strategy):
+    # given profiles as a plain array in ingest order (a, b, c; c reaches furthest) and the pool's
+    # items handed over in another order, each with its place in the ingest stream
+    values = np.array([[[-1, 1]], [[-1.1, 1.1]], [[-9, 9]]], np.float32)
+    pool = SelectionInput((PoolItem("c", position=2), PoolItem("a", position=0), PoolItem("b", position=1)))
+    # when one image is selected, then it is the one the same profiles named by id give: c for
+    # widest_ranges; b for coverage, whose target leaves out the lone outlier c
+    chosen = select_calibration_set(pool, SelectionConfig(strategy=strategy, k=1), values).ids
+    named = ActivationProfiles(("conv0",), values, ("a", "b", "c"))
+    assert chosen == select_calibration_set(pool, SelectionConfig(strategy=strategy, k=1), named).ids
+    assert chosen == {"widest_ranges": ("c",), "coverage": ("b",)}[strategy], chosen
+
+
+@pytest.mark.parametrize(
+    ("values", "ids", "message"),
+    [
+        (np.array([[[1, -1]], [[9, -9]]], np.float32), ("a", "b"), "minimum above its maximum"),
+        (np.array([[[-1, 1]], [[-1, 3]]], np.float32).reshape(2, 1, 2)[:, :0], ("a", "b"), "n_layers ≥ 1"),
+        (np.array([[[-9, 9]], [[-1, 1]], [[-1, 1]]], np.float32), ("a", "b", "a"), r"more than once .*'a'"),
+    ],
+    ids=["min-max-swapped", "no-layers", "repeated-id"],
+)
+def test_profiles_that_cannot_be_right_are_refused_naming_what_is_wrong(values, ids, message):
+    pool = SelectionInput((PoolItem("a", position=0), PoolItem("b", position=1)))
+    profiles = ActivationProfiles(tuple(f"conv{i}" for i in range(values.shape[1])), values, ids)
+    for strategy in ("widest_ranges", "coverage"):
+        with pytest.raises(SelectionError, match=message):
+            select_calibration_set(pool, SelectionConfig(strategy=strategy, k=1), profiles)
+
+
+def test_widest_ranges_does_not_depend_on_the_scale_of_activations_or_on_rounding():
+    ids = [f"c{i}" for i in range(4)]
+    pool = SelectionInput(tuple(PoolItem(i, position=n) for n, i in enumerate(ids)))
+    half = np.array([1.0, 1.2, 2.0, 1.5])
+    # given the same profiles at 1e-14 of their size (a layer of tiny activations is not a flat one)
+    for scale in (1.0, 1e-16):
+        scaled = _layered_profiles(ids, -half * scale, half * scale)
+        assert select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=2), scaled).ids == (
+            "c2",
+            "c3",
+        ), f"scale {scale}"
+    # and images whose three layers hold the same numbers in every order, in a pool made of such
+    # groups (so every layer has the same pool statistics), tie exactly: their computed widths
+    # differ only in the last bits, and within a group the picks must go by id
+    rng = np.random.default_rng(3)
+    rows, perm_ids = [], []
+    for group in range(6):
+        base = np.stack([-rng.uniform(0.1, 3, 3), rng.uniform(0.1, 3, 3)], -1)
+        for member, order in zip(rng.permutation(6), itertools.permutations(range(3)), strict=True):
+            rows.append(base[list(order)])
+            perm_ids.append(f"g{group}m{member}")
+    perm_pool = SelectionInput(tuple(PoolItem(i, position=n) for n, i in enumerate(perm_ids)))
+    profiles = ActivationProfiles(("l0", "l1", "l2"), np.array(rows), tuple(perm_ids))
+    chosen = select_calibration_set(perm_pool, SelectionConfig(strategy="widest_ranges", k=9), profiles).ids
+    for group in range(6):
+        members = sorted(i for i in chosen if i.startswith(f"g{group}m"))
+        assert members == [f"g{group}m{m}" for m in range(len(members))], f"group {group}: {members} of {chosen}"
