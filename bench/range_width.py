@@ -72,38 +72,39 @@ def main() -> None:
 
     profiles = profile_pool(fp_ir, batches())
     print(f"archive {args.data_seed}: {len(profiles.ids)} frames profiled in {time.perf_counter() - started:.0f} s")
-    # Profiles come in ingest order: the pool order first_n reads.
+    # Profiles come in ingest order: each candidate's position in the pool, which first_n reads.
     pool = SelectionInput(tuple(PoolItem(i, position=n) for n, i in enumerate(profiles.ids)))
     by_width = [profiles.ids[row] for row in np.argsort(range_widths(profiles.values), kind="stable")]
 
     lines = []
-    out_dir = tempfile.TemporaryDirectory(prefix="tailcal-range-width-")
-    out = Path(out_dir.name)
-    for k in args.ks:
-        widest = select_calibration_set(pool, SelectionConfig(strategy="widest_ranges", k=k), profiles).ids
-        sets = {"first_n": [profiles.ids[:k]], "widest_ranges": [widest], "narrowest": [by_width[:k]]}
-        draws = [np.random.default_rng(seed).choice(len(split), k, replace=False) for seed in range(PRODUCTION_DRAWS)]
-        sets["production"] = draws
-        for name in ("first_n", "widest_ranges", "narrowest"):
-            mix = Counter(conditions[i] for i in sets[name][0]).most_common()
-            print(f"K={k} {name}: " + ", ".join(f"{n} {condition}" for condition, n in mix))
-        for bias in ("fast", "none"):
-            quantization = section_with(
-                config.quantization, "bench/range_width.py", range_estimator="MEAN_MINMAX", bias_correction=bias
-            )
-            for name, members in sets.items():
-                gaps = []
-                for n, chosen in enumerate(members):
-                    if name == "production":
-                        images = [split.images[i] for i in chosen]
-                    else:
-                        images = collect_images(config.pool, RuntimeEnv(), list(chosen))
-                    int8 = quantize_ir(fp_ir, images, quantization, out / f"{name}-{k}-{bias}-{n}")
-                    gaps.append(fp16.map - evaluate_ir(int8.int8_ir_path, split, config.evaluation, False).map)
-                spread = f" ± {statistics.stdev(gaps):.4f} over {len(gaps)} draws" if len(gaps) > 1 else ""
-                lines.append(f"| {k} | {bias} | {name} | {statistics.mean(gaps):+.4f}{spread} |")
-                print(lines[-1], flush=True)
-    out_dir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="tailcal-range-width-") as tmp:
+        for k in args.ks:
+            chosen = {
+                name: select_calibration_set(pool, SelectionConfig(strategy=name, k=k), profiles).ids
+                for name in ("first_n", "widest_ranges")
+            }
+            chosen["narrowest"] = by_width[:k]
+            for name, ids in chosen.items():
+                mix = Counter(conditions[i] for i in ids).most_common()
+                print(f"K={k} {name}: " + ", ".join(f"{n} {condition}" for condition, n in mix))
+            # Each set's images read once, for both recipes; production's are K of the eval split's.
+            sets = {name: [collect_images(config.pool, RuntimeEnv(), list(ids))] for name, ids in chosen.items()}
+            sets["production"] = [
+                [split.images[i] for i in np.random.default_rng(seed).choice(len(split), k, replace=False)]
+                for seed in range(PRODUCTION_DRAWS)
+            ]
+            for bias in ("fast", "none"):
+                quantization = section_with(
+                    config.quantization, "bench/range_width.py", range_estimator="MEAN_MINMAX", bias_correction=bias
+                )
+                for name, draws in sets.items():
+                    gaps = []
+                    for n, images in enumerate(draws):
+                        int8 = quantize_ir(fp_ir, images, quantization, Path(tmp) / f"{name}-{k}-{bias}-{n}")
+                        gaps.append(fp16.map - evaluate_ir(int8.int8_ir_path, split, config.evaluation, False).map)
+                    spread = f" ± {statistics.stdev(gaps):.4f} over {len(gaps)} draws" if len(gaps) > 1 else ""
+                    lines.append(f"| {k} | {bias} | {name} | {statistics.mean(gaps):+.4f}{spread} |")
+                    print(lines[-1], flush=True)
     print(f"\n## archive {args.data_seed}: MEAN_MINMAX gap by calibration set (FP16 mAP {fp16.map:.4f})\n")
     print("| K | bias correction | set | gap |\n|---:|---|---|---:|")
     print("\n".join(lines))

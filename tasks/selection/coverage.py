@@ -149,9 +149,9 @@ def range_widths(values: np.ndarray) -> np.ndarray:
     0. Hand-written: no library scores images by activation range.
 
     Why it matters: under MEAN_MINMAX (NNCF's default) a layer's range is the mean of the
-    calibration images' per-image min/max, so a set of narrow-range images (dark, flat,
-    low-contrast frames) gives narrow ranges that clip every wider image at inference; the
-    widest images pull the averaged range toward the pool's extremes.
+    calibration images' per-image min/max, so a set of narrow-range images (on the claim
+    benchmark, low-contrast and low-light scenes) gives narrow ranges that clip every wider
+    image at inference; the widest images pull the averaged range toward the pool's extremes.
 
     Not robust to outliers by design: an image far past the pool's range on some layer (a glare,
     a frame that decoded to noise) ranks first, and under MEAN_MINMAX it moves that layer's range
